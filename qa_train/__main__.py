@@ -1,0 +1,43 @@
+"""``python -m qa_train <command> …``: one entry point for every stage that runs inside the container.
+
+Each command lives in its own module with ``main(argv) -> int``; it is imported only when asked for so that
+``--help`` and light commands stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("qa_train.train", "Fine-tune (full / LoRA / QLoRA, packed, DeepSpeed) — flags as the original README"),
+    "merge": ("qa_train.merge", "Merge a LoRA/QLoRA adapter into its base model"),
+    "eval": ("qa_train.evaluate.cli", "HotpotQA evaluation with the batched multi-hop agent loop (hf | vllm)"),
+    "convert-hotpot": ("qa_train.data.hotpot", "Convert HotpotQA records into QA Expert training records"),
+    "make-tiny-model": ("qa_train.tiny_model_cli", "Save a tiny random model + locally trained tokenizer"),
+    "sync": ("qa_train.sync.cli", "List / push / pull checkpoints in S3-compatible object storage"),
+    "run": ("qa_train.run", "Run a job spec's stages in order: train → merge → eval"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m qa_train <command> [args…]", "", "commands:"]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
