@@ -1,0 +1,107 @@
+"""Model and tokenizer loading shared by training, merge and evaluation.
+
+One place decides the special tokens, the embedding resize, the attention implementation and the RoPE
+scaling, so an adapter trained here always merges onto a base prepared exactly the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from typing import Any
+
+from qa_train.data.prompt import SPECIAL_TOKENS
+
+logger = logging.getLogger(__name__)
+
+# Implementations that honour restarted position_ids (no attention_mask, no cache) in transformers 5.
+PACKING_SAFE_ATTN = {"flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention"}
+MODEL_TYPES = ("mistral", "llama")
+
+
+def default_attn_implementation() -> str:
+    """flash_attention_2 when flash-attn is importable and a GPU is present, else sdpa."""
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_attn_implementation(requested: str | None, packing: bool) -> str:
+    impl = requested or default_attn_implementation()
+    if packing and impl not in PACKING_SAFE_ATTN:
+        logger.warning(
+            "Packing is on but attn_implementation=%r cannot isolate packed samples; they will attend to each "
+            "other (cross-contamination). Use one of %s.",
+            impl,
+            ", ".join(sorted(PACKING_SAFE_ATTN)),
+        )
+    return impl
+
+
+def prepare_tokenizer(tokenizer: Any) -> int:
+    """Add <|bof|>, <|eof|>, <|eot|> as special tokens and make sure a pad token exists; returns #added."""
+    added = tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return added
+
+
+def load_tokenizer(path: str, model_max_length: int | None = None, padding_side: str = "right") -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"padding_side": padding_side, "use_fast": True}
+    if model_max_length is not None:
+        kwargs["model_max_length"] = model_max_length
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{path}: a fast tokenizer is required (labels are computed from token offsets)")
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def resize_embeddings(model: Any, tokenizer: Any) -> None:
+    """Resize to the tokenizer; new rows start at the mean of the old ones (stable first steps)."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    new = len(tokenizer)
+    if new <= old:
+        return
+    model.resize_token_embeddings(new, mean_resizing=False)
+    with torch.no_grad():
+        for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if emb is None or getattr(emb.weight, "ds_numel", None) is not None:
+                continue
+            emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+
+
+def detect_model_type(config: Any) -> str:
+    return str(getattr(config, "model_type", "unknown"))
+
+
+def rope_scaling_for(config: Any, model_max_length: int) -> dict[str, Any] | None:
+    """Linear RoPE scaling for Llama when the training length exceeds the model's context (as the original)."""
+    orig = getattr(config, "max_position_embeddings", None)
+    if detect_model_type(config) != "llama" or not orig or model_max_length <= orig:
+        return None
+    factor = float(math.ceil(model_max_length / orig))
+    return {"rope_type": "linear", "type": "linear", "factor": factor}
+
+
+def load_config(path: str, model_max_length: int | None = None) -> Any:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if model_max_length:
+        scaling = rope_scaling_for(config, model_max_length)
+        if scaling is not None:
+            logger.info("Applying linear RoPE scaling factor %s (%d > %d)", scaling["factor"], model_max_length,
+                        config.max_position_embeddings)
+            rope = dict(getattr(config, "rope_parameters", None) or {})
+            rope.update({"rope_type": "linear", "factor": scaling["factor"]})
+            config.rope_parameters = rope
+    config.use_cache = False  # packed inputs are only isolated without a KV cache
+    return config
