@@ -1,0 +1,1 @@
+"""HotpotQA evaluation: metrics (as the original) and the ``python -m qa_train eval`` CLI."""

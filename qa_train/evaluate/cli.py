@@ -1,0 +1,296 @@
+"""``python -m qa_train eval``: HotpotQA dev evaluation with the batched multi-hop agent loop.
+
+Writes a per-question JSONL and ``<save_path stem>.summary.json`` next to it, both atomically (temp file +
+rename), so an aborted run never leaves files that look finished; prints a table; optionally uploads both to
+object storage under ``eval/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qa_train.data.records import RecordError
+from qa_train.evaluate.metrics import compute_containing_acc, compute_recall
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_KEYS = (
+    "recall",
+    "containing_acc",
+    "multi_hop_rate",
+    "avg_hops",
+    "num_errors",
+    "num_questions",
+    "questions_per_second",
+)
+
+
+class EvalInputError(ValueError):
+    """Unusable evaluation input; the message names the file (and record/field)."""
+
+
+class SyncUnavailable(RuntimeError):
+    """``--sync_to`` was given but the sync package cannot upload."""
+
+
+def _upload_directory() -> Any:
+    """``qa_train.sync.upload_directory``, imported lazily so plain local runs never need boto3."""
+    try:
+        from qa_train.sync import upload_directory
+    except ImportError as exc:
+        raise SyncUnavailable(f"--sync_to needs qa_train.sync.upload_directory ({exc})") from exc
+    return upload_directory
+
+
+@dataclass
+class HotpotExample:
+    id: str
+    question: str
+    answer: str
+    context: list[tuple[str, list[str]]]
+
+
+def _field_error(path: Path, index: int, rec: Any, field: str, problem: str) -> RecordError:
+    rid = rec.get("_id") if isinstance(rec, dict) else None
+    source = f"{path}" + (f" (_id={rid})" if rid is not None else "")
+    return RecordError(source, index, field, problem)
+
+
+def validate_hotpot_record(rec: Any, path: Path, index: int) -> HotpotExample:
+    """question/answer strings and ``context`` as ``[[title, [sentence, …]], …]`` (at least one paragraph)."""
+    if not isinstance(rec, dict):
+        raise _field_error(path, index, rec, "<record>", f"expected an object, got {type(rec).__name__}")
+    for key in ("question", "answer"):
+        if key not in rec:
+            raise _field_error(path, index, rec, key, "missing")
+        if not isinstance(rec[key], str):
+            raise _field_error(path, index, rec, key, f"expected a string, got {type(rec[key]).__name__}")
+    if not rec["question"].strip():
+        raise _field_error(path, index, rec, "question", "empty")
+    ctx = rec.get("context")
+    if ctx is None:
+        raise _field_error(path, index, rec, "context", "missing")
+    if not isinstance(ctx, list) or not ctx:
+        raise _field_error(path, index, rec, "context", "expected a non-empty list of [title, [sentences]]")
+    parsed: list[tuple[str, list[str]]] = []
+    for j, para in enumerate(ctx):
+        ok = (
+            isinstance(para, list)
+            and len(para) == 2
+            and isinstance(para[0], str)
+            and isinstance(para[1], list)
+            and all(isinstance(s, str) for s in para[1])
+        )
+        if not ok:
+            raise _field_error(path, index, rec, f"context[{j}]", "expected [title, [sentence, …]]")
+        parsed.append((para[0], list(para[1])))
+    return HotpotExample(str(rec.get("_id", index)), rec["question"], rec["answer"], parsed)
+
+
+def load_hotpot(path: str | Path, limit: int | None = None) -> list[HotpotExample]:
+    """HotpotQA dev JSON (a list) or JSONL; every record is validated before any model is loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalInputError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise EvalInputError(f"{path}: file is empty")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(
+                f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from exc
+    else:
+        data = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise EvalInputError(f"{path}: malformed JSON on line {lineno}: {exc.msg}") from exc
+    if limit is not None:
+        data = data[:limit]
+    return [validate_hotpot_record(rec, path, i) for i, rec in enumerate(data)]
+
+
+def summarize(rows: list[dict[str, Any]], elapsed_s: float) -> dict[str, Any]:
+    """The summary keys from per-question rows (means over all questions; errors count as wrong)."""
+    n = len(rows)
+
+    def mean(key: str) -> float:
+        return sum(float(r[key]) for r in rows) / n if n else 0.0
+
+    return {
+        "recall": mean("recall"),
+        "containing_acc": mean("containing"),
+        "multi_hop_rate": mean("multi_hop"),
+        "avg_hops": mean("hops"),
+        "num_errors": sum(1 for r in rows if r["error"]),
+        "num_questions": n,
+        "questions_per_second": n / elapsed_s if elapsed_s > 0 else 0.0,
+    }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summary_path_for(save_path: Path) -> Path:
+    return save_path.with_name(save_path.stem + ".summary.json")
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    width = max(len(k) for k in summary)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
+    for key in SUMMARY_KEYS:
+        value = summary[key]
+        lines.append(
+            f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}"
+        )
+    return "\n".join(lines)
+
+
+def upload_summaries(sync_to: str, run_name: str, files: list[Path], endpoint_url: str | None) -> None:
+    """Upload the outputs to ``<sync_to>/<run_name>/eval/`` via the sync package (imported only when asked)."""
+    upload_directory = _upload_directory()
+    with tempfile.TemporaryDirectory(prefix="qa-eval-sync-") as staging:
+        for f in files:
+            shutil.copy2(f, Path(staging) / f.name)
+        upload_directory(sync_to, run_name, "eval", staging, endpoint_url=endpoint_url)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m qa_train eval", description=__doc__.splitlines()[0])
+    p.add_argument("--model_path", required=True, help="merged model folder (or hub id available locally)")
+    p.add_argument("--hotpot_qa_dev_path", required=True, help="HotpotQA dev distractor JSON (list) or JSONL")
+    p.add_argument("--inference_type", default="hf", choices=("hf", "vllm"))
+    p.add_argument("--save_path", required=True, help="per-question JSONL; the summary goes next to it")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
+    p.add_argument("--batch_size", type=int, default=32, help="prompts per backend call in each round")
+    p.add_argument("--max_hops", type=int, default=5, help="retrieve calls allowed per question")
+    p.add_argument("--retriever", default="bm25", choices=("bm25", "e5"))
+    p.add_argument("--e5_model", default="intfloat/e5-base-v2", help="sentence-transformers model for e5")
+    p.add_argument("--num_paragraphs", type=int, default=1, help="paragraphs returned per retrieve call")
+    p.add_argument("--max_new_tokens", type=int, default=512, help="tokens generated per assistant turn")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    p.add_argument("--sync_to", default=None, help="s3://bucket/prefix: also upload the outputs under eval/")
+    p.add_argument("--run_name", default=None, help="run folder under --sync_to (default: model folder name)")
+    p.add_argument("--s3_endpoint_url", default=None, help="S3 endpoint (else AWS_ENDPOINT_URL)")
+    p.add_argument("--no_progress", action="store_true", help="disable the progress bar")
+    return p
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the evaluation described by parsed ``args``; returns the summary (also written to disk)."""
+    from tqdm.auto import tqdm
+
+    from qa_train.inference.agent import AgentStats, run_agent
+    from qa_train.inference.backends import make_backend
+    from qa_train.retrieval import make_retriever_factory, paragraphs_from_context
+
+    for name in ("batch_size", "max_new_tokens", "num_paragraphs"):
+        if getattr(args, name) < 1:
+            raise EvalInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_hops < 0:
+        raise EvalInputError(f"--max_hops must be >= 0, got {args.max_hops}")
+    if args.limit is not None and args.limit < 1:
+        raise EvalInputError(f"--limit must be >= 1, got {args.limit}")
+    if args.sync_to:
+        _upload_directory()  # fail before hours of generation, not after
+    save_path = Path(args.save_path)
+    summary_path = summary_path_for(save_path)
+    if save_path.is_dir():
+        raise EvalInputError(f"--save_path {save_path} is a directory; expected a .jsonl file path")
+    summary_path.unlink(missing_ok=True)  # a stale summary must not vouch for this run's outputs
+    examples = load_hotpot(args.hotpot_qa_dev_path, args.limit)
+    logger.info("Loaded %d questions from %s", len(examples), args.hotpot_qa_dev_path)
+    factory = make_retriever_factory(args.retriever, args.num_paragraphs, args.e5_model)
+    retrievers = [factory(paragraphs_from_context(ex.context)) for ex in examples]
+    backend = make_backend(args.inference_type, args.model_path, args.max_new_tokens, args.dtype)
+
+    stats = AgentStats()
+    start = time.perf_counter()
+    with tqdm(total=len(examples), desc="eval", unit="q", disable=args.no_progress) as bar:
+        results = run_agent(
+            [ex.question for ex in examples],
+            retrievers,
+            backend,
+            batch_size=args.batch_size,
+            max_hops=args.max_hops,
+            on_finished=bar.update,
+            stats=stats,
+        )
+    elapsed = time.perf_counter() - start
+
+    rows = []
+    for ex, res in zip(examples, results, strict=True):
+        row = {"id": ex.id, "gold": ex.answer, **res.to_dict()}
+        row["recall"] = compute_recall(res.prediction, ex.answer)
+        row["containing"] = compute_containing_acc(res.prediction, ex.answer)
+        rows.append(row)
+    summary = summarize(rows, elapsed)
+    summary.update(
+        {
+            "elapsed_s": elapsed,
+            "rounds": stats.rounds,
+            "backend_calls": stats.backend_calls,
+            "model_path": str(args.model_path),
+            "hotpot_qa_dev_path": str(args.hotpot_qa_dev_path),
+            "inference_type": args.inference_type,
+            "batch_size": args.batch_size,
+            "max_hops": args.max_hops,
+            "retriever": args.retriever,
+            "num_paragraphs": args.num_paragraphs,
+            "max_new_tokens": args.max_new_tokens,
+        }
+    )
+    _atomic_write(save_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _atomic_write(summary_path, json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary))
+    print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
+    if args.sync_to:
+        run_name = args.run_name or Path(args.model_path).name
+        upload_summaries(args.sync_to, run_name, [save_path, summary_path], args.s3_endpoint_url)
+        logger.info("Uploaded eval outputs to %s/%s/eval/", args.sync_to.rstrip("/"), run_name)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qa_train.inference.backends import BackendUnavailable
+    from qa_train.retrieval import RetrieverUnavailable
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        evaluate(args)
+    except (EvalInputError, RecordError, BackendUnavailable, RetrieverUnavailable, SyncUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
