@@ -1,13 +1,32 @@
-"""Checkpoint sync to S3-compatible object storage and resume (interface used by ``qa_train.train``).
+"""Checkpoint sync to S3-compatible object storage, and automatic resume (the hook ``qa_train.train`` calls).
 
-PLACEHOLDER until the sync issue lands: only the no-sync path works.
+Remote layout under ``--sync_to s3://bucket/prefix``::
+
+    <prefix>/<run_name>/checkpoint-<step>/…  + _manifest.json (written last = committed)
+    <prefix>/<run_name>/final/…              final model + train_summary.json
+    <prefix>/<run_name>/merged/, eval/       pushed by merge / eval through ``upload_directory``
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .storage import S3Location, StorageAccessError, SyncError, check_access, make_client, resolve_endpoint
+
+__all__ = [
+    "StorageAccessError",
+    "SyncArguments",
+    "SyncError",
+    "SyncSession",
+    "run_name_for",
+    "start_sync",
+    "upload_directory",
+]
+logger = logging.getLogger("qa_train.sync")
 
 
 @dataclass
@@ -17,6 +36,24 @@ class SyncArguments:
         default=None, metadata={"help": "auto | never | <checkpoint path or s3 uri>; auto when --sync_to is set"}
     )
     s3_endpoint_url: str | None = field(default=None, metadata={"help": "S3 endpoint (else AWS_ENDPOINT_URL)"})
+    s3_max_attempts: int = field(
+        default=6, metadata={"help": "botocore attempts per S3 request (adaptive retry mode)"}
+    )
+    sync_concurrency: int = field(default=10, metadata={"help": "parallel parts/files per checkpoint upload"})
+
+
+def run_name_for(training_args: Any) -> str:
+    """``--run_name`` when given explicitly, else the output_dir's basename (HF may default run_name to it)."""
+    out = str(training_args.output_dir).rstrip("/")
+    explicit = getattr(training_args, "run_name", None)
+    if explicit and explicit.rstrip("/") != out:
+        name = explicit
+    else:
+        name = Path(out).resolve().name
+    name = name.strip().strip("/").replace("/", "-")
+    if not name:
+        raise SyncError("cannot derive a run name: pass --run_name")
+    return name
 
 
 @dataclass
@@ -24,15 +61,123 @@ class SyncSession:
     callbacks: list[Any] = field(default_factory=list)
     resume_from: str | None = None  # local checkpoint dir for Trainer.train(resume_from_checkpoint=…)
     resumed_from: str | None = None  # what train_summary.json records
+    run: S3Location | None = None
+    client: Any = None
+    endpoint_url: str | None = None
+    uploader: Any = None  # BackgroundUploader on world rank 0 when syncing
 
     def finish(self, output_dir: Path, summary: dict[str, Any]) -> None:
-        return None
+        """Wait for checkpoint uploads, push ``final/`` (+ train_summary.json); raise naming any failed upload."""
+        if self.uploader is None:
+            return
+        from .transfer import push_directory
+
+        self.uploader.wait()
+        problems = [
+            f"{f.name} (local copy kept at {f.local_path}): {f.error}" for f in self.uploader.failures
+        ]
+        final = self.run.child("final")
+        summary_bytes = (json.dumps(summary, indent=2, default=str) + "\n").encode()
+        try:
+            push_directory(
+                self.client,
+                Path(output_dir),
+                final,
+                progress=self.uploader.progress,
+                concurrency=self.uploader.concurrency,
+                endpoint_url=self.endpoint_url,
+                extra_files={"train_summary.json": summary_bytes},
+                top_level_only=True,
+            )
+            logger.info("Uploaded final model and train_summary.json to %s", final.uri)
+        except SyncError as exc:
+            problems.append(f"final (local copy at {output_dir}): {exc}")
+        self.uploader.close()
+        if problems:
+            raise SyncError(f"{len(problems)} upload(s) to {self.run.uri} failed: " + "; ".join(problems))
+
+
+def _is_world_zero(training_args: Any) -> bool:
+    return int(getattr(training_args, "process_index", 0)) == 0
+
+
+def _main_first(training_args: Any, desc: str) -> Any:
+    ctx = getattr(training_args, "main_process_first", None)
+    if ctx is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return ctx(local=True, desc=desc)
 
 
 def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
+    """Check storage access, pick the resume point, and build the upload callback — before any training."""
+    resume = sync_args.resume or ("auto" if sync_args.sync_to else None)
+    output_dir = Path(training_args.output_dir)
+    session = SyncSession()
     if sync_args.sync_to:
-        raise NotImplementedError("--sync_to is not implemented yet")
-    resume = sync_args.resume
-    if resume and resume not in ("auto", "never"):
-        return SyncSession(resume_from=resume, resumed_from=resume)
-    return SyncSession()
+        base = S3Location.parse(sync_args.sync_to)
+        session.endpoint_url = sync_args.s3_endpoint_url
+        session.client = make_client(sync_args.s3_endpoint_url, max_attempts=sync_args.s3_max_attempts)
+        check_access(session.client, base, sync_args.s3_endpoint_url)
+        session.run = base.child(run_name_for(training_args))
+        logger.info(
+            "Syncing checkpoints to %s (endpoint %s)",
+            session.run.uri,
+            resolve_endpoint(sync_args.s3_endpoint_url) or "AWS default",
+        )
+        if _is_world_zero(training_args):
+            from .callback import BackgroundUploader, S3SyncCallback
+
+            session.uploader = BackgroundUploader(
+                session.client,
+                session.run,
+                endpoint_url=sync_args.s3_endpoint_url,
+                keep=training_args.save_total_limit,
+                concurrency=sync_args.sync_concurrency,
+                progress=False,
+            )
+            session.callbacks.append(S3SyncCallback(session.uploader))
+    if resume in (None, "never"):
+        return session
+    progress = bool(getattr(training_args, "should_log", True)) and not getattr(training_args, "disable_tqdm", False)
+    with _main_first(training_args, "resume"):
+        if resume == "auto":
+            from .resume import find_resume_point
+
+            point = find_resume_point(
+                session.client, session.run, output_dir, endpoint_url=session.endpoint_url, progress=progress
+            )
+            if point is not None:
+                session.resume_from, session.resumed_from = point.local_dir, point.source
+        elif resume.startswith("s3://"):
+            from .resume import download_checkpoint
+
+            src = S3Location.parse(resume)
+            dest = output_dir / src.prefix.rsplit("/", 1)[-1]
+            if not (dest / "trainer_state.json").is_file():
+                client = session.client or make_client(sync_args.s3_endpoint_url, sync_args.s3_max_attempts)
+                logger.info("Resuming from %s (%s)", dest.name, src.uri)
+                dest = download_checkpoint(client, src, output_dir, endpoint_url=sync_args.s3_endpoint_url)
+            session.resume_from, session.resumed_from = str(dest), src.uri
+        else:
+            path = Path(resume)
+            if not path.is_dir():
+                raise SyncError(f"--resume {resume!r}: no such checkpoint folder (use auto, never, a path or s3://…)")
+            session.resume_from = session.resumed_from = str(path)
+    return session
+
+
+def upload_directory(
+    sync_to: str, run_name: str, subdir: str, local_dir: str | Path, endpoint_url: str | None = None
+) -> str:
+    """Push ``local_dir`` (e.g. merged/ or eval/) to ``<sync_to>/<run_name>/<subdir>/`` with a manifest."""
+    from .transfer import push_directory
+
+    base = S3Location.parse(sync_to)
+    client = make_client(endpoint_url)
+    check_access(client, base, endpoint_url)
+    dest = base.child(run_name, subdir)
+    push_directory(client, Path(local_dir), dest, endpoint_url=endpoint_url)
+    logger.info("Uploaded %s to %s", local_dir, dest.uri)
+    return dest.uri
