@@ -216,7 +216,9 @@ class S3Bucket:
 
     def keys(self, prefix: str = "") -> dict[str, int]:
         out = {}
-        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        ):
             out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
         return out
 

@@ -41,7 +41,12 @@ def test_push_ls_pull_round_trip_is_byte_identical(s3, tmp_path, capsys):
     # 20 MiB crosses the 16 MiB multipart threshold; empty and nested files too.
     src = make_folder(
         tmp_path / "ckpt",
-        {"model.safetensors": 20 * 1024 * 1024 + 7, "optimizer.pt": 300_000, "sub/dir/rng.pth": 1500, "empty": 0},
+        {
+            "model.safetensors": 20 * 1024 * 1024 + 7,
+            "optimizer.pt": 300_000,
+            "sub/dir/rng.pth": 1500,
+            "empty": 0,
+        },
     )
     uri = s3.uri("runs/r1/checkpoint-4")
     assert sync_main(["push", str(src), uri, "--no_progress"]) == 0
@@ -141,7 +146,9 @@ def test_missing_bucket_and_unreachable_endpoint_fail_at_start(s3, tmp_path, mon
 
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     with pytest.raises(StorageAccessError, match="cannot reach S3 endpoint"):
-        start_sync(SyncArguments(sync_to=s3.uri("x"), s3_endpoint_url=dead, s3_max_attempts=1), _args(tmp_path))
+        start_sync(
+            SyncArguments(sync_to=s3.uri("x"), s3_endpoint_url=dead, s3_max_attempts=1), _args(tmp_path)
+        )
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(StorageAccessError, match="no S3 credentials"):

@@ -33,9 +33,12 @@ logger = logging.getLogger("qa_train.sync")
 class SyncArguments:
     sync_to: str | None = field(default=None, metadata={"help": "s3://bucket/prefix to sync checkpoints to"})
     resume: str | None = field(
-        default=None, metadata={"help": "auto | never | <checkpoint path or s3 uri>; auto when --sync_to is set"}
+        default=None,
+        metadata={"help": "auto | never | <checkpoint path or s3 uri>; auto when --sync_to is set"},
     )
-    s3_endpoint_url: str | None = field(default=None, metadata={"help": "S3 endpoint (else AWS_ENDPOINT_URL)"})
+    s3_endpoint_url: str | None = field(
+        default=None, metadata={"help": "S3 endpoint (else AWS_ENDPOINT_URL)"}
+    )
     s3_max_attempts: int = field(
         default=6, metadata={"help": "botocore attempts per S3 request (adaptive retry mode)"}
     )
@@ -140,7 +143,9 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
             session.callbacks.append(S3SyncCallback(session.uploader))
     if resume in (None, "never"):
         return session
-    progress = bool(getattr(training_args, "should_log", True)) and not getattr(training_args, "disable_tqdm", False)
+    progress = bool(getattr(training_args, "should_log", True)) and not getattr(
+        training_args, "disable_tqdm", False
+    )
     with _main_first(training_args, "resume"):
         if resume == "auto":
             from .resume import find_resume_point
@@ -163,7 +168,9 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
         else:
             path = Path(resume)
             if not path.is_dir():
-                raise SyncError(f"--resume {resume!r}: no such checkpoint folder (use auto, never, a path or s3://…)")
+                raise SyncError(
+                    f"--resume {resume!r}: no such checkpoint folder (use auto, never, a path or s3://…)"
+                )
             session.resume_from = session.resumed_from = str(path)
     return session
 

@@ -67,7 +67,12 @@ def _pull(client: object, loc: S3Location, dest: Path, progress: bool, endpoint_
         logger.info("Pulling newest committed checkpoint %s", newest.uri)
         loc = S3Location.parse(newest.uri)
     manifest = pull_directory(client, loc, dest, progress=progress, endpoint_url=endpoint_url)
-    summary = {"pulled": loc.uri, "to": str(dest), "files": len(manifest.files), "bytes": manifest.total_bytes}
+    summary = {
+        "pulled": loc.uri,
+        "to": str(dest),
+        "files": len(manifest.files),
+        "bytes": manifest.total_bytes,
+    }
     print(json.dumps(summary))
     return 0
 

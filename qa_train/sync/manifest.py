@@ -50,7 +50,11 @@ class Manifest:
             body = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{source}: manifest is not valid JSON ({exc})") from exc
-        if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("files"), list):
+        if (
+            not isinstance(body, dict)
+            or body.get("format") != FORMAT
+            or not isinstance(body.get("files"), list)
+        ):
             raise ManifestError(f"{source}: not a {FORMAT} manifest (fields 'format' and 'files' expected)")
         files = []
         for i, raw in enumerate(body["files"]):
@@ -93,7 +97,9 @@ def verify_file(path: Path, entry: FileEntry, source: str) -> None:
     """Raise a clear error when a downloaded file differs from its manifest entry."""
     size = path.stat().st_size
     if size != entry.size:
-        raise ManifestError(f"{source}/{entry.path}: size {size} != manifest size {entry.size} (corrupt or tampered)")
+        raise ManifestError(
+            f"{source}/{entry.path}: size {size} != manifest size {entry.size} (corrupt or tampered)"
+        )
     digest = sha256_file(path)
     if digest != entry.sha256:
         raise ManifestError(

@@ -83,7 +83,9 @@ def delete_folder(client: Any, loc: S3Location) -> None:
     delete_keys(client, loc.bucket, [k for k in keys if k != manifest_key])
 
 
-def apply_retention(client: Any, run: S3Location, keep: int | None, protect: set[str] | None = None) -> list[str]:
+def apply_retention(
+    client: Any, run: S3Location, keep: int | None, protect: set[str] | None = None
+) -> list[str]:
     """Keep the ``keep`` newest committed checkpoints; drop older ones and older uncommitted leftovers.
 
     Called right after a commit, so an old checkpoint only goes once a newer one is safely committed.
@@ -98,7 +100,9 @@ def apply_retention(client: Any, run: S3Location, keep: int | None, protect: set
     kept = {f.name for f in committed[-keep:]} | protect
     newest_step = committed[-1].step or 0
     doomed = [
-        f for f in folders if f.name not in kept and (f.committed or (f.step is not None and f.step < newest_step))
+        f
+        for f in folders
+        if f.name not in kept and (f.committed or (f.step is not None and f.step < newest_step))
     ]
     for folder in doomed:
         delete_folder(client, run.child(folder.name))

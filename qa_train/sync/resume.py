@@ -59,7 +59,9 @@ def find_resume_point(
     local = newest_local(output_dir)
     remote = newest_committed(client, run) if client is not None and run is not None else None
     if local and (remote is None or local[0] >= (remote.step or 0)):
-        logger.info("Resuming from %s (local%s)", local[1].name, f", remote newest is {remote.uri}" if remote else "")
+        logger.info(
+            "Resuming from %s (local%s)", local[1].name, f", remote newest is {remote.uri}" if remote else ""
+        )
         return ResumePoint(str(local[1]), str(local[1]))
     if remote is None:
         logger.info("No checkpoint to resume from%s: starting fresh", f" under {run.uri}" if run else "")

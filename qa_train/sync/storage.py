@@ -82,7 +82,9 @@ def make_client(
     )
     session = boto3.session.Session()
     region = session.region_name or "us-east-1"
-    return session.client("s3", endpoint_url=resolve_endpoint(endpoint_url), region_name=region, config=config)
+    return session.client(
+        "s3", endpoint_url=resolve_endpoint(endpoint_url), region_name=region, config=config
+    )
 
 
 def transfer_config(concurrency: int = DEFAULT_CONCURRENCY, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Any:
@@ -122,7 +124,9 @@ def describe_error(exc: BaseException, loc: S3Location, endpoint_url: str | None
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
             return f"S3 credentials rejected for {where} ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
         if code in ("AccessDenied", "403", "Forbidden") or status == 403:
-            return f"S3 access denied for {where} ({code or status}): the credentials lack list/write permission"
+            return (
+                f"S3 access denied for {where} ({code or status}): the credentials lack list/write permission"
+            )
         return f"S3 error for {where}: {code or status} {err.get('Message', '')}".strip()
     return f"S3 request failed for {where}: {type(exc).__name__}: {exc}"
 
@@ -160,8 +164,12 @@ def list_children(client: Any, loc: S3Location) -> list[str]:
 def delete_keys(client: Any, bucket: str, keys: list[str]) -> None:
     for i in range(0, len(keys), 1000):
         batch = keys[i : i + 1000]
-        resp = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        resp = client.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+        )
         errors = resp.get("Errors") or []
         if errors:
             first = errors[0]
-            raise SyncError(f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+            raise SyncError(
+                f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+            )

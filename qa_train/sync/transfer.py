@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
-from .manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError, scan_directory, sha256_file, verify_file
+from .manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    scan_directory,
+    sha256_file,
+    verify_file,
+)
 from .storage import S3Location, SyncError, describe_error, list_keys, transfer_config
 
 logger = logging.getLogger("qa_train.sync")
@@ -21,7 +30,9 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self._lock = threading.Lock()
-        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
+        self.bar = tqdm(
+            total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled
+        )
 
     def update(self, n: int) -> None:
         with self._lock:
@@ -93,12 +104,11 @@ def push_directory(
     failed: list[str] = []
     try:
         # Largest first: the long multipart uploads start early and small files fill the gaps.
-        for rel, path, size in sorted(files, key=lambda f: -f[2]):
+        for rel, path, _size in sorted(files, key=lambda f: -f[2]):
             fut = manager.upload(str(path), dest.bucket, dest.key(rel), subscribers=[_subscriber(bar)])
             futures.append((rel, fut))
         for rel, path, size in files:
             entries.append(FileEntry(rel, size, sha256_file(path)))
-        import hashlib
 
         for name, data in extra_files.items():
             client.put_object(Bucket=dest.bucket, Key=dest.key(name), Body=data)
@@ -116,7 +126,7 @@ def push_directory(
                 f"upload to {dest.uri} failed for {len(failed)} file(s) ({', '.join(failed[:5])}"
                 f"{', …' if len(failed) > 5 else ''}): {describe_error(first_exc, dest, endpoint_url)}"
             ) from first_exc
-        for (rel, path, size), entry in zip(files, entries, strict=False):
+        for _rel, path, size in files:
             if path.stat().st_size != size:
                 raise SyncError(f"{path} changed while it was being uploaded; not committing {dest.uri}")
     except SyncError:
@@ -136,7 +146,10 @@ def push_directory(
 
             delete_keys(client, dest.bucket, stale)
         client.put_object(
-            Bucket=dest.bucket, Key=manifest_key, Body=manifest.to_json().encode(), ContentType="application/json"
+            Bucket=dest.bucket,
+            Key=manifest_key,
+            Body=manifest.to_json().encode(),
+            ContentType="application/json",
         )
     except Exception as exc:
         raise SyncError(f"commit of {dest.uri} failed: {describe_error(exc, dest, endpoint_url)}") from exc
@@ -153,7 +166,9 @@ def read_manifest(client: Any, src: S3Location) -> Manifest:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code")
         if code in ("NoSuchKey", "404", "NotFound"):
-            raise SyncError(f"{src.uri} has no {MANIFEST_NAME}: not a committed checkpoint (upload incomplete?)") from exc
+            raise SyncError(
+                f"{src.uri} has no {MANIFEST_NAME}: not a committed checkpoint (upload incomplete?)"
+            ) from exc
         raise SyncError(describe_error(exc, src, None)) from exc
     return Manifest.from_json(body, f"{src.uri}/{MANIFEST_NAME}")
 
