@@ -1,0 +1,148 @@
+"""The job registry: SQLite under ``runs/`` recording job id, backend, instance id and state.
+
+It is what makes submitting the same ``--job_id`` twice safe (the second call finds the job and creates
+nothing) and what ``status``/``logs``/``cancel``/``list`` read. Every state change is also kept as an event
+(with a reason) so a controller (managed jobs) can rebuild history. Never holds secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  job_id TEXT PRIMARY KEY,
+  backend TEXT NOT NULL,
+  instance_id TEXT,
+  state TEXT NOT NULL,
+  gpu TEXT,
+  run_name TEXT,
+  price_per_hour REAL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  info TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id TEXT NOT NULL,
+  ts REAL NOT NULL,
+  state TEXT NOT NULL,
+  reason TEXT NOT NULL DEFAULT '',
+  instance_id TEXT
+);
+"""
+ACTIVE = ("SUBMITTING", "PENDING", "RUNNING")
+
+
+@dataclass
+class JobRow:
+    job_id: str
+    backend: str
+    instance_id: str | None
+    state: str
+    gpu: str | None
+    run_name: str | None
+    price_per_hour: float | None
+    created_at: float
+    updated_at: float
+    info: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Registry:
+    def __init__(self, root: str | Path = "runs"):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / "registry.sqlite"
+        with self._conn() as c:
+            c.executescript(SCHEMA)
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def claim(self, job_id: str, backend: str, *, gpu: str, run_name: str) -> tuple[JobRow, bool]:
+        """Insert the job as SUBMITTING unless it exists. Returns (row, created). Atomic across processes."""
+        now = time.time()
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is not None:
+                c.execute("COMMIT")
+                return _row(row), False
+            c.execute(
+                "INSERT INTO jobs (job_id, backend, state, gpu, run_name, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+                (job_id, backend, "SUBMITTING", gpu, run_name, now, now),
+            )
+            c.execute(
+                "INSERT INTO events (job_id, ts, state, reason) VALUES (?,?,?,?)",
+                (job_id, now, "SUBMITTING", ""),
+            )
+            c.execute("COMMIT")
+        got = self.get(job_id)
+        assert got is not None
+        return got, True
+
+    def update(self, job_id: str, *, state: str | None = None, reason: str = "", **fields: Any) -> None:
+        now = time.time()
+        sets, vals = ["updated_at=?"], [now]
+        if state is not None:
+            sets.append("state=?")
+            vals.append(state)
+        for k in ("backend", "instance_id", "price_per_hour"):
+            if k in fields:
+                sets.append(f"{k}=?")
+                vals.append(fields.pop(k))
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            if fields:
+                old = c.execute("SELECT info FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+                info = json.loads(old["info"]) if old else {}
+                info.update(fields)
+                sets.append("info=?")
+                vals.append(json.dumps(info))
+            c.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id=?", (*vals, job_id))
+            if state is not None:
+                iid = c.execute("SELECT instance_id FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+                c.execute(
+                    "INSERT INTO events (job_id, ts, state, reason, instance_id) VALUES (?,?,?,?,?)",
+                    (job_id, now, state, reason, iid["instance_id"] if iid else None),
+                )
+            c.execute("COMMIT")
+
+    def get(self, job_id: str) -> JobRow | None:
+        with self._conn() as c:
+            row = c.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return _row(row) if row else None
+
+    def list(self) -> list[JobRow]:
+        with self._conn() as c:
+            rows = c.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
+        return [_row(r) for r in rows]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT ts, state, reason, instance_id FROM events WHERE job_id=? ORDER BY id", (job_id,)
+            )
+            return [dict(r) for r in rows.fetchall()]
+
+
+def _row(r: sqlite3.Row) -> JobRow:
+    d = dict(r)
+    d["info"] = json.loads(d.get("info") or "{}")
+    return JobRow(**d)

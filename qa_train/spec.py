@@ -1,0 +1,283 @@
+"""The job spec: one YAML file describes a whole run (model, data, training, stages, sync, image).
+
+Shared by the launcher (``launch/``), which validates and renders it per GPU, and by ``python -m qa_train run``
+inside the container, which executes it. It therefore imports only pydantic and the standard library (plus
+PyYAML lazily): the launcher's ``--dry_run`` must stay well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGES = ("train", "merge", "eval")
+_S3_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+_RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message names the file and the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MakeTiny(_Strict):
+    """Build a tiny random model inside the container (``python -m qa_train make-tiny-model``): no download."""
+
+    arch: Literal["llama", "mistral", "qwen2"] = "llama"
+    data: str | None = Field(
+        default=None, description="text to train its tokenizer on; default data.train_path"
+    )
+    vocab_size: int = Field(default=1024, ge=300)
+    hidden_size: int = Field(default=64, ge=8)
+    num_layers: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class ModelSpec(_Strict):
+    name_or_path: str | None = None
+    model_type: Literal["mistral", "llama", "qwen2"] | None = None
+    make_tiny: MakeTiny | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if self.make_tiny is None and not self.name_or_path:
+            raise ValueError("set model.name_or_path or model.make_tiny")
+        if self.make_tiny is not None and self.name_or_path:
+            raise ValueError("model.name_or_path and model.make_tiny are mutually exclusive")
+        return self
+
+
+class DataSpec(_Strict):
+    """Paths inside the container (the local backend mounts data at /data) or URLs."""
+
+    train_path: str
+    validation_path: str | None = None
+    hotpot_qa_dev_path: str | None = None
+    approx_train_tokens: int | None = Field(
+        default=None, ge=1, description="tokens per epoch, only for cost estimates (default: the original's)"
+    )
+
+
+class TrainingSpec(_Strict):
+    """Defaults are the original README's training command."""
+
+    num_train_epochs: float = Field(default=2, gt=0)
+    per_device_train_batch_size: int = Field(default=3, ge=1)
+    per_device_eval_batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=10, ge=1)
+    eval_accumulation_steps: int = Field(default=1, ge=1)
+    evaluation_strategy: Literal["no", "steps", "epoch"] = "steps"
+    eval_steps: int = Field(default=40, ge=1)
+    save_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    save_steps: int = Field(default=80, ge=1)
+    save_total_limit: int | None = Field(default=3, ge=1)
+    learning_rate: float = Field(default=1.2e-5, gt=0, lt=1)
+    lr_scheduler_type: str = "cosine"
+    logging_steps: int = Field(default=1, ge=1)
+    model_max_length: int = Field(default=4096, ge=16)
+    gradient_checkpointing: bool = True
+    max_steps: int | None = Field(default=None, ge=1)
+    bf16: bool | None = Field(default=None, description="None: decided by the GPU profile")
+    tf32: bool | None = Field(default=None, description="None: decided by the GPU profile")
+    seed: int = 42
+
+
+class LoraSpec(_Strict):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+
+
+class EvalSpec(_Strict):
+    limit: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    inference_type: Literal["hf", "vllm"] = "hf"
+
+
+class SyncSpec(_Strict):
+    target: str
+    endpoint_url: str | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _s3(cls, v: str) -> str:
+        if not _S3_RE.match(v):
+            raise ValueError(f"must look like s3://bucket/prefix, got {v!r}")
+        return v.rstrip("/")
+
+
+class JobSpec(_Strict):
+    run_name: str
+    model: ModelSpec
+    data: DataSpec
+    training: TrainingSpec = TrainingSpec()
+    use_lora: bool = False
+    qlora: bool = False
+    packing: bool = True
+    lora: LoraSpec = LoraSpec()
+    stages: list[Literal["train", "merge", "eval"]] | None = None
+    eval: EvalSpec = EvalSpec()
+    sync: SyncSpec | None = None
+    image: str = "qa-expert/train:latest"
+    disk_gb: int = Field(default=100, ge=1)
+    output_root: str = Field(default="/runs", description="where outputs go inside the container")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str) -> str:
+        if not _RUN_NAME_RE.match(v):
+            raise ValueError("letters, digits, '.', '_' and '-' only (it becomes a path and an S3 prefix)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.qlora and not self.use_lora:
+            raise ValueError("qlora: true needs use_lora: true")
+        if self.stages is None:
+            # not via assignment: that would re-run this validator
+            object.__setattr__(
+                self, "stages", ["train", "merge", "eval"] if self.use_lora else ["train", "eval"]
+            )
+        stages = list(self.stages or [])
+        if not stages:
+            raise ValueError("stages: at least one stage")
+        if len(set(stages)) != len(stages) or stages != sorted(stages, key=STAGES.index):
+            raise ValueError(f"stages: each at most once, in the order {list(STAGES)}")
+        if "merge" in stages and not self.use_lora:
+            raise ValueError("stages: 'merge' only applies to use_lora/qlora jobs")
+        if "eval" in stages and not self.data.hotpot_qa_dev_path:
+            raise ValueError("stages: 'eval' needs data.hotpot_qa_dev_path")
+        if "eval" in stages and self.use_lora and "merge" not in stages and "train" in stages:
+            raise ValueError("stages: a LoRA job evaluates the merged model; add 'merge' before 'eval'")
+        return self
+
+    # Paths inside the container: one folder per run so a relaunch finds the same layout.
+    def run_dir(self) -> str:
+        return f"{self.output_root.rstrip('/')}/{self.run_name}"
+
+    def train_output_dir(self) -> str:
+        return f"{self.run_dir()}/model"
+
+    def merged_dir(self) -> str:
+        return f"{self.run_dir()}/merged"
+
+    def tiny_model_dir(self) -> str:
+        return f"{self.run_dir()}/tiny-model"
+
+    def base_model(self) -> str:
+        return self.tiny_model_dir() if self.model.make_tiny is not None else str(self.model.name_or_path)
+
+    def eval_model(self) -> str:
+        return self.merged_dir() if self.use_lora else self.train_output_dir()
+
+    def eval_save_path(self) -> str:
+        return f"{self.run_dir()}/eval/predictions.jsonl"
+
+
+class GpuInfo(_Strict):
+    profile: str
+    name: str
+    count: int = Field(ge=0)
+
+
+class Plan(_Strict):
+    """How to launch training on the chosen hardware (filled by ``launch/render.py``)."""
+
+    launcher: Literal["python", "deepspeed"] = "python"
+    num_gpus: int = Field(default=0, ge=0)
+    bf16: bool = False
+    tf32: bool = False
+    per_device_train_batch_size: int = Field(default=3, ge=1)
+    gradient_accumulation_steps: int = Field(default=10, ge=1)
+
+
+class RenderedSpec(_Strict):
+    """What the launcher submits and the container runs (in env ``QA_JOB_SPEC``). Never holds secret values."""
+
+    job_id: str
+    image: str
+    gpu: GpuInfo
+    command: list[str]
+    env: dict[str, str] = {}
+    secret_env: list[str] = []
+    deepspeed: dict[str, Any] | None = None
+    disk_gb: int
+    plan: Plan
+    job: JobSpec
+    memory: dict[str, Any] | None = None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem, each naming the key path: ``jobs/x.yaml: training.learning_rate: …``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_job(data: Any, source: str = "<spec>") -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping, got {type(data).__name__}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, source)) from None
+
+
+def parse_rendered(data: Any, source: str = "<spec>") -> RenderedSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping, got {type(data).__name__}")
+    try:
+        return RenderedSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, source)) from None
+
+
+def _load_text(text: str, source: str) -> Any:
+    if source.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SpecError(f"{source}: not valid YAML: {e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{source}: not valid JSON: {e}") from None
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read a job YAML/JSON file. The default run_name is the file's stem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read job spec: {e.strerror}") from None
+    data = _load_text(text, str(path))
+    if isinstance(data, dict) and "run_name" not in data:
+        data = {"run_name": path.stem, **data}
+    return parse_job(data, str(path))
+
+
+def load_any(text: str, source: str) -> RenderedSpec | JobSpec:
+    """A rendered spec (has ``job`` and ``plan``) or a plain job spec, from JSON or YAML text."""
+    data = _load_text(text, source)
+    if isinstance(data, dict) and "job" in data and "plan" in data:
+        return parse_rendered(data, source)
+    if isinstance(data, dict) and "run_name" not in data and source.endswith((".yaml", ".yml", ".json")):
+        data = {"run_name": Path(source).stem, **data}
+    return parse_job(data, source)
