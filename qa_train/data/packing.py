@@ -82,7 +82,8 @@ def _groups_from_assignment(bin_of_item: np.ndarray) -> list[list[int]]:
 
 def _by_length(arr: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample indices sorted by length (stable), and for each length value its slice in that order."""
-    order = np.argsort(arr, kind="stable")
+    # lengths <= max_length < 2**15 fit int16, for which numpy's stable sort is a radix sort (~10x faster)
+    order = np.argsort(arr.astype(np.int16) if max_length < 2**15 else arr, kind="stable")
     counts = np.bincount(arr, minlength=max_length + 1)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     return order, counts, starts
