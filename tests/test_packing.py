@@ -205,6 +205,10 @@ def test_packed_dataset_yields_packs_and_feeds_the_collator():
     rows = list(loader)
     assert [r["input_ids"].shape[1] for r in rows] == [16, 8]
     assert sum(r["cu_seq_lens_q"].numel() - 1 for r in rows) == 5
+    same, _ = PackedDataset.build(samples, 8, lengths=[7, 3, 5, 1, 8])
+    assert same.groups == ds.groups
+    with pytest.raises(ValueError, match="got 2 lengths for 5 samples"):
+        PackedDataset.build(samples, 8, lengths=[7, 3])
 
 
 def test_collate_padded_longest_and_fixed():

@@ -286,10 +286,18 @@ class PackedDataset(Dataset):
 
     @classmethod
     def build(
-        cls, samples: Sequence[Mapping[str, Any]], max_length: int, strategy: str = "bfd"
+        cls,
+        samples: Sequence[Mapping[str, Any]],
+        max_length: int,
+        strategy: str = "bfd",
+        lengths: Sequence[int] | None = None,
     ) -> tuple[PackedDataset, PackingStats]:
-        """Plan packs from the samples' ``input_ids`` lengths and wrap them."""
-        lengths = [len(samples[i]["input_ids"]) for i in range(len(samples))]
+        """Plan packs from the samples' ``input_ids`` lengths (or ``lengths``, e.g. a precomputed column, which
+        avoids reading every row of a ``datasets.Dataset``) and wrap them."""
+        if lengths is None:
+            lengths = [len(samples[i]["input_ids"]) for i in range(len(samples))]
+        elif len(lengths) != len(samples):
+            raise ValueError(f"got {len(lengths)} lengths for {len(samples)} samples")
         groups, stats = plan_packs(lengths, max_length, strategy)
         return cls(samples, groups), stats
 
