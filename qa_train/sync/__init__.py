@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .storage import S3Location, StorageAccessError, SyncError, check_access, make_client, resolve_endpoint
+from .storage import (
+    S3Location,
+    StorageAccessError,
+    SyncError,
+    check_access,
+    describe_error,
+    make_client,
+    resolve_endpoint,
+)
 
 __all__ = [
     "StorageAccessError",
@@ -116,7 +124,6 @@ def _main_first(training_args: Any, desc: str) -> Any:
 def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
     """Check storage access, pick the resume point, and build the upload callback — before any training."""
     resume = sync_args.resume or ("auto" if sync_args.sync_to else None)
-    output_dir = Path(training_args.output_dir)
     session = SyncSession()
     if sync_args.sync_to:
         base = S3Location.parse(sync_args.sync_to)
@@ -124,11 +131,6 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
         session.client = make_client(sync_args.s3_endpoint_url, max_attempts=sync_args.s3_max_attempts)
         check_access(session.client, base, sync_args.s3_endpoint_url)
         session.run = base.child(run_name_for(training_args))
-        logger.info(
-            "Syncing checkpoints to %s (endpoint %s)",
-            session.run.uri,
-            resolve_endpoint(sync_args.s3_endpoint_url) or "AWS default",
-        )
         if _is_world_zero(training_args):
             from .callback import BackgroundUploader, S3SyncCallback
 
@@ -141,8 +143,27 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
                 progress=False,
             )
             session.callbacks.append(S3SyncCallback(session.uploader))
-    if resume in (None, "never"):
-        return session
+    if resume not in (None, "never"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            _resolve_resume(session, resume, sync_args, training_args)
+        except (BotoCoreError, ClientError) as exc:
+            where = session.run or S3Location.parse(resume)
+            raise StorageAccessError(
+                f"resume failed: {describe_error(exc, where, session.endpoint_url)}"
+            ) from exc
+    if session.run is not None:
+        logger.info(
+            "Syncing checkpoints to %s (endpoint %s)",
+            session.run.uri,
+            resolve_endpoint(sync_args.s3_endpoint_url) or "AWS default",
+        )
+    return session
+
+
+def _resolve_resume(session: SyncSession, resume: str, sync_args: SyncArguments, training_args: Any) -> None:
+    output_dir = Path(training_args.output_dir)
     progress = bool(getattr(training_args, "should_log", True)) and not getattr(
         training_args, "disable_tqdm", False
     )
@@ -172,7 +193,6 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
                     f"--resume {resume!r}: no such checkpoint folder (use auto, never, a path or s3://…)"
                 )
             session.resume_from = session.resumed_from = str(path)
-    return session
 
 
 def upload_directory(
