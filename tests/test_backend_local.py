@@ -54,7 +54,7 @@ def image(docker_engine, tmp_path_factory):
     (ctx / "qa_train" / "__main__.py").write_text(FAKE_RUN)
     (ctx / "Dockerfile").write_text(
         f"FROM {BASE}\nRUN ln -sf /usr/bin/python3 /usr/local/bin/python\nCOPY qa_train /app/qa_train\n"
-        "ENV PYTHONPATH=/app\nENTRYPOINT [\"python\", \"-m\", \"qa_train\", \"run\"]\n"
+        'ENV PYTHONPATH=/app\nENTRYPOINT ["python", "-m", "qa_train", "run"]\n'
     )
     client.images.build(path=str(ctx), tag=TAG, rm=True, network_mode="host")
     return TAG
@@ -70,7 +70,9 @@ def _backend(tmp_path: Path) -> LocalBackend:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "t.json").write_text("[]")
-    return LocalBackend(data_dir=str(data), runs_dir=str(tmp_path / "runs"), shm_size="64m", network_mode="none")
+    return LocalBackend(
+        data_dir=str(data), runs_dir=str(tmp_path / "runs"), shm_size="64m", network_mode="none"
+    )
 
 
 def test_run_logs_and_cancel(image, tmp_path):
@@ -94,7 +96,9 @@ def test_run_logs_and_cancel(image, tmp_path):
         assert (tmp_path / "runs" / "marker").read_text() == "written in the container"
         assert b.status(inst.instance_id).state == "RUNNING"
         # the secret is in the container env only: not in its command line
-        assert HOSTILE not in json.dumps(c.attrs["Config"]["Cmd"]) + json.dumps(c.attrs["Config"]["Entrypoint"])
+        assert HOSTILE not in json.dumps(c.attrs["Config"]["Cmd"]) + json.dumps(
+            c.attrs["Config"]["Entrypoint"]
+        )
     finally:
         b.cancel(inst.instance_id)
     assert b.status(inst.instance_id).state == "GONE"

@@ -39,8 +39,12 @@ def backend(d: RunpodDouble, **kw) -> RunpodBackend:
 
 def spec(job_id: str = "job-rp"):
     job = parse_job(
-        {"run_name": "r", "model": {"name_or_path": "mistralai/Mistral-7B-v0.1"}, "use_lora": True,
-         "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"}}  # fmt: skip
+        {
+            "run_name": "r",
+            "model": {"name_or_path": "mistralai/Mistral-7B-v0.1"},
+            "use_lora": True,
+            "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"},
+        }  # fmt: skip
     )
     return render(job, "a100", job_id=job_id, secret_names=["AWS_SECRET_ACCESS_KEY"])
 
@@ -88,7 +92,9 @@ def test_graphql_errors_in_200_are_surfaced(double):
 
 def test_plain_text_429_and_5xx_then_success(double):
     double.fail_next("POST", "/graphql", 429, "rate limited", times=1)
-    double.fail_next("POST", "/graphql", 502, "<html>502 Bad Gateway</html>", content_type="text/html", times=1)
+    double.fail_next(
+        "POST", "/graphql", 502, "<html>502 Bad Gateway</html>", content_type="text/html", times=1
+    )
     assert backend(double).offers(PROFILES["a6000"], 1)
     assert len(double.calls("POST", "/graphql")) == 3
 

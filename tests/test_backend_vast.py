@@ -41,8 +41,12 @@ def backend(d: VastDouble, **kw) -> VastBackend:
 
 def spec(job_id: str = "job-1"):
     job = parse_job(
-        {"run_name": "r", "model": {"name_or_path": "mistralai/Mistral-7B-v0.1"}, "use_lora": True,
-         "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"}}  # fmt: skip
+        {
+            "run_name": "r",
+            "model": {"name_or_path": "mistralai/Mistral-7B-v0.1"},
+            "use_lora": True,
+            "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"},
+        }  # fmt: skip
     )
     return render(job, "a6000", job_id=job_id, secret_names=["HF_TOKEN"])
 
@@ -103,7 +107,9 @@ def test_5xx_html_page_is_retried_then_reported(double):
 
 
 def test_search_quota_429_is_not_retried(double):
-    double.fail_next("POST", "/api/v0/bundles/", 429, {"success": False, "error": "search_quota_exceeded"}, times=9)
+    double.fail_next(
+        "POST", "/api/v0/bundles/", 429, {"success": False, "error": "search_quota_exceeded"}, times=9
+    )
     with pytest.raises(Exception, match="search_quota_exceeded"):
         backend(double).offers(PROFILES["a6000"], 1)
     assert len(double.calls("POST", "/api/v0/bundles/")) == 1

@@ -13,7 +13,9 @@ DATA = {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"}
 
 
 def job(**kw):
-    return parse_job({"run_name": "r", "model": {"name_or_path": "mistralai/Mistral-7B-v0.1"}, "data": DATA, **kw})
+    return parse_job(
+        {"run_name": "r", "model": {"name_or_path": "mistralai/Mistral-7B-v0.1"}, "data": DATA, **kw}
+    )
 
 
 def test_mistral_param_count_matches_the_published_size():

@@ -24,7 +24,11 @@ README_FLAGS = (
 
 
 def mistral(**kw):
-    data = {"train_path": "/data/t.json", "validation_path": "/data/v.json", "hotpot_qa_dev_path": "/data/h.json"}
+    data = {
+        "train_path": "/data/t.json",
+        "validation_path": "/data/v.json",
+        "hotpot_qa_dev_path": "/data/h.json",
+    }
     return parse_job({"run_name": "r", "model": {"name_or_path": "mistralai/Mistral-7B-v0.1", "model_type": "mistral"},
                       "data": data, "sync": {"target": "s3://bkt/runs", "endpoint_url": "http://s3:8333"}, **kw})  # fmt: skip
 
@@ -112,7 +116,9 @@ def test_stage_failure_stops_later_stages(tmp_path):
     ok = [sys.executable, "-c", "print('train ok')"]
     bad = [sys.executable, "-c", "import sys; print('merging'); sys.exit(3)"]
     never = [sys.executable, "-c", f"open({str(tmp_path / 'eval-ran')!r}, 'w')"]
-    code = run_stages([Stage("train", [ok]), Stage("merge", [bad]), Stage("eval", [never])], tmp_path / "s.json")
+    code = run_stages(
+        [Stage("train", [ok]), Stage("merge", [bad]), Stage("eval", [never])], tmp_path / "s.json"
+    )
     assert code == 3 and not (tmp_path / "eval-ran").exists()
     assert [s["exit_code"] for s in json.loads((tmp_path / "s.json").read_text())["stages"]] == [0, 3]
 

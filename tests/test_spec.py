@@ -10,7 +10,10 @@ import pytest
 from qa_train.spec import JobSpec, SpecError, load_any, load_job, parse_job
 
 REPO = Path(__file__).resolve().parent.parent
-BASE = {"model": {"name_or_path": "m"}, "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"}}
+BASE = {
+    "model": {"name_or_path": "m"},
+    "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"},
+}
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -23,8 +26,18 @@ def test_defaults_are_the_original_readme_command():
     job = parse_job({"run_name": "x", **BASE})
     t = job.training
     assert (t.num_train_epochs, t.per_device_train_batch_size, t.per_device_eval_batch_size) == (2, 3, 4)
-    assert (t.gradient_accumulation_steps, t.eval_steps, t.save_strategy, t.save_steps) == (10, 40, "epoch", 80)
-    assert (t.save_total_limit, t.learning_rate, t.lr_scheduler_type, t.logging_steps) == (3, 1.2e-5, "cosine", 1)
+    assert (t.gradient_accumulation_steps, t.eval_steps, t.save_strategy, t.save_steps) == (
+        10,
+        40,
+        "epoch",
+        80,
+    )
+    assert (t.save_total_limit, t.learning_rate, t.lr_scheduler_type, t.logging_steps) == (
+        3,
+        1.2e-5,
+        "cosine",
+        1,
+    )
     assert (t.model_max_length, t.gradient_checkpointing, t.max_steps) == (4096, True, None)
     assert job.stages == ["train", "eval"]
     lora = parse_job({"run_name": "x", **BASE, "use_lora": True})
@@ -40,14 +53,20 @@ def test_shipped_jobs_validate(path):
 
 
 def test_unknown_key_is_named_with_its_path(tmp_path):
-    p = _write(tmp_path, "x.yaml", "model: {name_or_path: m}\ndata: {train_path: t}\ntraining:\n  learning_rat: 0.1\n")
+    p = _write(
+        tmp_path,
+        "x.yaml",
+        "model: {name_or_path: m}\ndata: {train_path: t}\ntraining:\n  learning_rat: 0.1\n",
+    )
     with pytest.raises(SpecError) as e:
         load_job(p)
     assert f"{p}: training.learning_rat: unknown key" in str(e.value)
 
 
 def test_bad_value_is_named_with_its_path(tmp_path):
-    p = _write(tmp_path, "x.yaml", "model: {name_or_path: m}\ndata: {train_path: t}\ntraining: {learning_rate: -1}\n")
+    p = _write(
+        tmp_path, "x.yaml", "model: {name_or_path: m}\ndata: {train_path: t}\ntraining: {learning_rate: -1}\n"
+    )
     with pytest.raises(SpecError, match=r"x\.yaml: training\.learning_rate: .*greater than 0"):
         load_job(p)
 

@@ -21,7 +21,9 @@ VAST_KEY = "vast-cli-key-0987"
 
 
 def cli(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_", "VAST_", "RUNPOD_", "QA_"))}
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_", "VAST_", "RUNPOD_", "QA_"))
+    }
     base.update({"QA_RUNS_ROOT": str(tmp_path / "runs"), **(env or {})})
     return subprocess.run([sys.executable, "launch/submit.py", *args], capture_output=True, text=True, cwd=REPO,
                           env=base, timeout=120)  # fmt: skip
@@ -56,7 +58,9 @@ def test_bare_gpu_form_and_errors(tmp_path):
 
 @pytest.fixture
 def vast():
-    d = VastDouble(api_key=VAST_KEY, offers=[make_offer(1, "RTX A6000", 1, 0.4), make_offer(2, "RTX A6000", 1, 0.5)])
+    d = VastDouble(
+        api_key=VAST_KEY, offers=[make_offer(1, "RTX A6000", 1, 0.4), make_offer(2, "RTX A6000", 1, 0.5)]
+    )
     d.start()
     yield d
     d.stop()
@@ -103,11 +107,19 @@ def test_offers_table_across_clouds(tmp_path, vast):
     try:
         env = {"VAST_API_URL": vast.url, "VAST_API_KEY": VAST_KEY, "RUNPOD_API_URL": f"{rp.url}/graphql",
                "RUNPOD_API_KEY": "rp-key-1"}  # fmt: skip
-        p = cli(["offers", "--gpu", "a6000", "--job", "jobs/mistral-qa-lora.yaml", "--as_json"], tmp_path, env)
+        p = cli(
+            ["offers", "--gpu", "a6000", "--job", "jobs/mistral-qa-lora.yaml", "--as_json"], tmp_path, env
+        )
         assert p.returncode == 0, p.stderr
         rows = json.loads(p.stdout)
-        assert [(r["backend"], r["price_per_hour"]) for r in rows] == [("vast", 0.4), ("runpod", 0.45), ("vast", 0.5)]
-        assert all(r["est_cost"] == pytest.approx(r["price_per_hour"] * r["est_hours"], abs=0.01) for r in rows)
+        assert [(r["backend"], r["price_per_hour"]) for r in rows] == [
+            ("vast", 0.4),
+            ("runpod", 0.45),
+            ("vast", 0.5),
+        ]
+        assert all(
+            r["est_cost"] == pytest.approx(r["price_per_hour"] * r["est_hours"], abs=0.01) for r in rows
+        )
         table = cli(["offers", "--gpu", "a6000", "--job", "jobs/mistral-qa-lora.yaml"], tmp_path, env).stdout
         assert "$/h" in table and "RTX A6000" in table
     finally:
