@@ -139,3 +139,43 @@ def test_run_kwargs_request_gpus_for_gpu_profiles(tmp_path):
     assert kw["entrypoint"] == ["python", "-m", "qa_train", "run"] and kw["labels"][LABEL] == "g1"
     assert kw["volumes"][str(tmp_path.resolve())] == {"bind": "/data", "mode": "ro"}
     assert kw["volumes"][str((tmp_path / "runs").resolve())]["bind"] == "/runs"
+
+
+def test_submit_cli_to_local_docker_with_secrets_from_an_env_file(image, tmp_path, monkeypatch, capsys):
+    """The whole launcher path on a real engine: render → registry → spec.json → container env → logs → cancel."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from launch.submit import Launcher
+
+    for k in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    env_file = tmp_path / "secrets.env"
+    env_file.write_text(
+        "# comment\nexport AWS_SECRET_ACCESS_KEY='aws \"quoted\" $secret'\nHF_TOKEN=hf_abc$DEF xyz\n"
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "model: {make_tiny: {arch: llama}}\ndata: {train_path: /data/t.json, hotpot_qa_dev_path: /data/h.json}\n"
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.json").write_text("[]")
+    job_id = f"cli-{uuid.uuid4().hex[:6]}"
+    launcher = Launcher(str(tmp_path / "runs"))
+    launcher.submit(gpu="cpu", job=str(job), backend="local", image=TAG, job_id=job_id, env_file=str(env_file),
+                    data_dir=str(data), network="none")  # fmt: skip
+    try:
+        out = capsys.readouterr().out
+        assert f"submitted {job_id}: local instance" in out
+        saved = (tmp_path / "runs" / job_id / "spec.json").read_text()
+        assert json.loads(saved)["secret_env"] == ["AWS_SECRET_ACCESS_KEY", "HF_TOKEN"]
+        assert "quoted" not in saved and "hf_abc" not in saved
+        (iid,) = LocalBackend().find_by_job(job_id)
+        env = dict(e.split("=", 1) for e in LocalBackend().client.containers.get(iid).attrs["Config"]["Env"])
+        assert env["AWS_SECRET_ACCESS_KEY"] == 'aws "quoted" $secret' and env["HF_TOKEN"] == "hf_abc$DEF xyz"
+        assert json.loads(env["QA_JOB_SPEC"])["job_id"] == job_id
+    finally:
+        launcher.cancel(job_id)
+    assert LocalBackend().find_by_job(job_id) == []
+    assert "CANCELLED" in (launcher.list() or capsys.readouterr().out)
