@@ -185,3 +185,12 @@ def test_missing_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     with pytest.raises(BackendError, match="VAST_API_KEY"):
         VastBackend("http://127.0.0.1:9")
+
+
+def test_5xx_on_create_after_the_instance_exists_destroys_it_by_label(double):
+    double.create_then_error = 504
+    inst = backend(double).create(spec("job-5xx"), {})
+    assert inst.offer.offer_id == "2"  # the first offer's launch was abandoned...
+    assert len(double.destroyed) == 1  # ...and the instance it made anyway was found by label and destroyed
+    assert double.live_instances() == [int(inst.instance_id)]
+    assert len(double.calls("PUT", "/asks/1/")) == 1  # a create is never blindly retried after a 5xx

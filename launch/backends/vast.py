@@ -217,7 +217,10 @@ class VastBackend(Backend):
         on_created: Callable[[Instance], None] | None,
     ) -> Instance:
         resp = self.http.raw(
-            "PUT", f"/api/v0/asks/{offer.offer_id}/", json=self.create_payload(spec, env, offer)
+            "PUT",
+            f"/api/v0/asks/{offer.offer_id}/",
+            json=self.create_payload(spec, env, offer),
+            retry_on=frozenset({429}),  # after a 5xx the instance may exist: never blindly create twice
         )
         try:
             body = resp.json()
@@ -227,6 +230,19 @@ class VastBackend(Backend):
         ok = resp.ok and isinstance(body, dict) and body.get("success", True) is not False and contract
         if not ok:
             msg = error_message(body) if body is not None else f"HTTP {resp.status_code}: {resp.text[:200]}"
+            if not contract and resp.status_code >= 500:
+                # the gateway failed, but the instance may exist: find it by our label and destroy it
+                leaked = self.find_by_label(spec.job_id)
+                for iid in leaked:
+                    logger.warning(
+                        "vast: create answered HTTP %s but instance %s exists; destroying it",
+                        resp.status_code,
+                        iid,
+                    )
+                    self.cancel(iid)
+                raise BackendError(
+                    f"{msg}" + (f" (destroyed instance(s) {', '.join(leaked)})" if leaked else "")
+                )
             if contract:  # spot trap: created (stopped) although the call "failed" → destroy it now
                 logger.warning(
                     "vast: create on offer %s failed (%s) but created instance %s; destroying it",
@@ -258,6 +274,21 @@ class VastBackend(Backend):
                 raise BackendError(str(e)) from e
             raise
         return inst
+
+    def find_by_label(self, label: str) -> list[str]:
+        """Instance ids carrying ``label`` (our job id), across pages of ``GET /api/v1/instances/``."""
+        out: list[str] = []
+        token = None
+        for _ in range(50):
+            params: dict[str, Any] = {"limit": 100}
+            if token:
+                params["after_token"] = token
+            body = self.http.request("GET", "/api/v1/instances/", params=params) or {}
+            out += [str(i["id"]) for i in body.get("instances") or [] if i.get("label") == label]
+            token = body.get("next_token")
+            if not token:
+                break
+        return out
 
     # -- status / logs / cancel --------------------------------------------------------------------------
     def status(self, instance_id: str) -> Status:

@@ -73,6 +73,9 @@ class VastDouble(ApiDouble):
         self.destroyed: list[int] = []
         self.start_polls = start_polls  # GETs that see null/loading before running
         self.log_delay = 1  # GETs of a result_url answered 404 before the logs are there
+        self.create_then_error: int | None = (
+            None  # next create makes the instance, then answers this 5xx page
+        )
         self._ids = itertools.count(7000)
         self._logs: dict[int, str] = {}
         self._log_urls: dict[str, tuple[int, int]] = {}  # token -> (instance id, GETs so far)
@@ -220,6 +223,9 @@ class VastDouble(ApiDouble):
                 400,
                 {"success": False, "error": "insufficient_bid", "msg": f"Your bid {price} is below min_bid {o['min_bid']}; instance created stopped.", "new_contract": iid},
             )  # fmt: skip
+        if self.create_then_error:
+            status, self.create_then_error = self.create_then_error, None
+            return Reply(status, "<html><body><h1>504 Gateway Time-out</h1></body></html>", "text/html")
         return Reply(200, {"success": True, "new_contract": iid})
 
     def _public(self, inst: dict) -> dict:
