@@ -31,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    # Launchers (deepspeed --module qa_train) put their own flags before the command.
+    launcher_flags = [a for a in argv if a.startswith("--local_rank")]
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:] + launcher_flags
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2

@@ -62,20 +62,37 @@ def load_tokenizer(path: str, model_max_length: int | None = None, padding_side:
     return tokenizer
 
 
+def _gathered(params: list[Any]) -> Any:
+    """Full (unpartitioned) parameters under DeepSpeed ZeRO-3, writable on rank 0; a no-op otherwise."""
+    from contextlib import nullcontext
+
+    if any(hasattr(p, "ds_numel") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return nullcontext()
+
+
+def embedding_rows(model: Any) -> int:
+    """Vocabulary rows of the input embedding (ZeRO-3 partitions weights to shape [0], so ask ds_shape)."""
+    weight = model.get_input_embeddings().weight
+    return int(weight.ds_shape[0]) if hasattr(weight, "ds_shape") else int(weight.shape[0])
+
+
 def resize_embeddings(model: Any, tokenizer: Any) -> None:
-    """Resize to the tokenizer; new rows start at the mean of the old ones (stable first steps)."""
+    """Grow the embeddings to the tokenizer; new rows start at the mean of the old ones (stable first steps)."""
     import torch
 
-    old = model.get_input_embeddings().weight.shape[0]
+    old = embedding_rows(model)
     new = len(tokenizer)
     if new <= old:
         return
     model.resize_token_embeddings(new, mean_resizing=False)
-    with torch.no_grad():
-        for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if emb is None or getattr(emb.weight, "ds_numel", None) is not None:
-                continue
-            emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+    embs = [e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None]
+    with _gathered([e.weight for e in embs]), torch.no_grad():
+        for emb in embs:
+            if emb.weight.shape[0] >= new:
+                emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
 
 
 def detect_model_type(config: Any) -> str:

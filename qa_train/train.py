@@ -247,3 +247,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":  # `deepspeed --module qa_train.train …` and `torchrun -m qa_train.train …`
+    sys.exit(main(sys.argv[1:]))
