@@ -120,7 +120,7 @@ def test_local_checkpoint_newer_than_remote_wins(s3, tmp_path):
 def test_retention_keeps_newest_committed_only(s3, tmp_path):
     client = make_client()
     run = S3Location.parse(s3.uri("ret/run"))
-    uploader = BackgroundUploader(client, run, keep=2)
+    uploader = BackgroundUploader(run, keep=2)
     for step in (1, 2, 3, 4):
         uploader.submit(f"checkpoint-{step}", fake_checkpoint(tmp_path, step))
     uploader.close()

@@ -135,12 +135,11 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
             from .callback import BackgroundUploader, S3SyncCallback
 
             session.uploader = BackgroundUploader(
-                session.client,
                 session.run,
                 endpoint_url=sync_args.s3_endpoint_url,
+                max_attempts=sync_args.s3_max_attempts,
                 keep=training_args.save_total_limit,
                 concurrency=sync_args.sync_concurrency,
-                progress=False,
             )
             session.callbacks.append(S3SyncCallback(session.uploader))
     if resume not in (None, "never"):

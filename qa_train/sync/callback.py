@@ -1,25 +1,24 @@
-"""Upload every saved checkpoint in a background thread so that training never waits on the network."""
+"""Upload every saved checkpoint in the background (a niced worker process) so training never waits on S3."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import queue
 import shutil
+import subprocess
+import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from .remote import apply_retention
 from .storage import S3Location, SyncError
-from .transfer import push_directory
+from .worker import PENDING_DIR
 
 logger = logging.getLogger("qa_train.sync")
-PENDING_DIR = "sync-pending"  # hard-linked snapshots waiting for upload (survive the Trainer's own rotation)
 
 
 @dataclass
@@ -49,85 +48,112 @@ def snapshot(src: Path, dest: Path) -> Path:
 
 
 class BackgroundUploader:
-    """One worker thread, one checkpoint at a time (each upload is itself parallel multipart)."""
+    """Feeds checkpoints to one niced upload worker process, one at a time (each upload is parallel multipart).
+
+    ``wait()`` blocks until every submitted checkpoint is committed or failed; ``failures`` names the failed
+    ones. A worker that dies turns every outstanding job into a failure instead of hanging the run.
+    """
 
     def __init__(
         self,
-        client: Any,
         run: S3Location,
         *,
         endpoint_url: str | None = None,
+        max_attempts: int = 6,
         keep: int | None = None,
         concurrency: int = 10,
-        progress: bool = False,
+        nice: int = 10,
     ) -> None:
-        self.client = client
         self.run = run
-        self.endpoint_url = endpoint_url
-        self.keep = keep
         self.concurrency = concurrency
-        self.progress = progress
+        self.progress = False
         self.failures: list[UploadFailure] = []
         self.committed: list[str] = []
         self.protect: set[str] = set()
-        self._queue: queue.Queue[tuple[str, Path] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="qa-train-s3-sync", daemon=True)
-        self._thread.start()
+        self._paths: dict[str, Path] = {}
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "qa_train.sync.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=_worker_env(),
+        )
+        config = {"run": run.uri, "endpoint_url": endpoint_url, "max_attempts": max_attempts, "keep": keep,
+                  "concurrency": concurrency, "nice": nice, "parent_pid": os.getpid()}  # fmt: skip
+        self._send(config)
+        self._reader = threading.Thread(target=self._read, name="qa-train-s3-sync", daemon=True)
+        self._reader.start()
+
+    def _send(self, payload: dict[str, Any]) -> bool:
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(json.dumps(payload) + "\n")
+            self._proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with self._cond:
+                name = result.get("name", "?")
+                self._pending.discard(name)
+                if result.get("ok"):
+                    self.committed.append(name)
+                else:
+                    self.failures.append(
+                        UploadFailure(name, self._paths.get(name, Path("?")), result.get("error", ""))
+                    )
+                self._cond.notify_all()
+        code = self._proc.wait()
+        with self._cond:  # the worker is gone: whatever it still owed us failed
+            for name in sorted(self._pending):
+                self.failures.append(
+                    UploadFailure(name, self._paths[name], f"upload worker exited with code {code}")
+                )
+            self._pending.clear()
+            self._cond.notify_all()
 
     def submit(self, name: str, local_dir: Path) -> None:
-        self._queue.put((name, local_dir))
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                self._upload(*item)
-            finally:
-                self._queue.task_done()
-
-    def _upload(self, name: str, local_dir: Path) -> None:
-        dest = self.run.child(name)
-        start = time.monotonic()
-        try:
-            manifest = push_directory(
-                self.client,
-                local_dir,
-                dest,
-                progress=self.progress,
-                concurrency=self.concurrency,
-                endpoint_url=self.endpoint_url,
-            )
-        except Exception as exc:  # keep the snapshot; report at the end of training
-            logger.error("Upload of %s to %s failed: %s", name, dest.uri, exc)
-            self.failures.append(UploadFailure(name, local_dir, str(exc)))
-            return
-        secs = max(time.monotonic() - start, 1e-9)
-        logger.info(
-            "Committed %s (%d files, %.1f MB in %.1fs, %.1f MB/s)",
-            dest.uri,
-            len(manifest.files),
-            manifest.total_bytes / 1e6,
-            secs,
-            manifest.total_bytes / 1e6 / secs,
-        )
-        self.committed.append(name)
-        if local_dir.parent.name == PENDING_DIR:
-            shutil.rmtree(local_dir, ignore_errors=True)
-        try:
-            apply_retention(self.client, self.run, self.keep, self.protect)
-        except Exception as exc:  # retention is housekeeping: never fail the run for it
-            logger.warning("Remote retention under %s failed: %s", self.run.uri, exc)
+        with self._cond:
+            self._paths[name] = local_dir
+            self._pending.add(name)
+        if not self._send({"name": name, "path": str(local_dir), "protect": sorted(self.protect)}):
+            with self._cond:
+                if name in self._pending:
+                    self._pending.discard(name)
+                    self.failures.append(UploadFailure(name, local_dir, "upload worker is not running"))
+                self._cond.notify_all()
 
     def wait(self) -> None:
         """Block until every submitted upload finished (committed or failed)."""
-        self._queue.join()
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending)
 
     def close(self) -> None:
         self.wait()
-        self._queue.put(None)
-        self._thread.join()
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        self._reader.join(timeout=60)
+
+
+def _worker_env() -> dict[str, str]:
+    """The worker must import this very package, installed or not."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 class S3SyncCallback(TrainerCallback):
