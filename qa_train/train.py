@@ -215,6 +215,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         trainer.save_model(str(output_dir))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(output_dir))
+            trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # loss history for users and tests
         tokens = torch.tensor(float(trainer.real_tokens_seen), device=training_args.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(tokens)
