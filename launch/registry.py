@@ -37,8 +37,24 @@ CREATE TABLE IF NOT EXISTS events (
   reason TEXT NOT NULL DEFAULT '',
   instance_id TEXT
 );
+CREATE TABLE IF NOT EXISTS launches (
+  job_id TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  backend TEXT NOT NULL,
+  instance_id TEXT NOT NULL,
+  offer_id TEXT,
+  machine_id TEXT,
+  price_per_hour REAL,
+  started_at REAL NOT NULL,
+  ended_at REAL,
+  end_reason TEXT,
+  PRIMARY KEY (job_id, n)
+);
 """
 ACTIVE = ("SUBMITTING", "PENDING", "RUNNING")
+# Managed jobs (launch/managed.py) use their own states in the same column.
+MANAGED_STATES = ("PENDING", "STARTING", "RUNNING", "RECOVERING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 @dataclass
@@ -124,6 +140,24 @@ class Registry:
                 )
             c.execute("COMMIT")
 
+    def set_state_unless(self, job_id: str, state: str, reason: str, *, unless: tuple[str, ...]) -> bool:
+        """Atomically move to ``state`` unless the job is in one of ``unless`` (e.g. a user's CANCELLED must
+        not be overwritten by a controller that did not see it yet). Returns whether it moved."""
+        now = time.time()
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute("SELECT state, instance_id FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None or (row["state"] in unless and row["state"] != state):
+                c.execute("COMMIT")
+                return False
+            c.execute("UPDATE jobs SET state=?, updated_at=? WHERE job_id=?", (state, now, job_id))
+            c.execute(
+                "INSERT INTO events (job_id, ts, state, reason, instance_id) VALUES (?,?,?,?,?)",
+                (job_id, now, state, reason, row["instance_id"]),
+            )
+            c.execute("COMMIT")
+        return True
+
     def get(self, job_id: str) -> JobRow | None:
         with self._conn() as c:
             row = c.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
@@ -140,6 +174,58 @@ class Registry:
                 "SELECT ts, state, reason, instance_id FROM events WHERE job_id=? ORDER BY id", (job_id,)
             )
             return [dict(r) for r in rows.fetchall()]
+
+    # -- launches (managed jobs: one row per instance created for the job; the basis of cost so far) -----
+    def add_launch(
+        self,
+        job_id: str,
+        *,
+        backend: str,
+        instance_id: str,
+        offer_id: str | None = None,
+        machine_id: str | None = None,
+        price_per_hour: float | None = None,
+    ) -> int:
+        """Record a new instance of the job and make it the job's current one. Returns the launch number."""
+        now = time.time()
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            n = c.execute(
+                "SELECT COALESCE(MAX(n), 0) + 1 FROM launches WHERE job_id=?", (job_id,)
+            ).fetchone()[0]
+            c.execute(
+                "INSERT INTO launches (job_id, n, backend, instance_id, offer_id, machine_id, price_per_hour,"
+                " started_at) VALUES (?,?,?,?,?,?,?,?)",
+                (job_id, n, backend, instance_id, offer_id, machine_id, price_per_hour, now),
+            )
+            c.execute(
+                "UPDATE jobs SET backend=?, instance_id=?, price_per_hour=?, updated_at=? WHERE job_id=?",
+                (backend, instance_id, price_per_hour, now, job_id),
+            )
+            c.execute("COMMIT")
+        return int(n)
+
+    def end_launch(self, job_id: str, instance_id: str, reason: str) -> None:
+        """Close the launch of ``instance_id`` (idempotent: the first end time and reason stay)."""
+        with self._conn() as c:
+            c.execute(
+                "UPDATE launches SET ended_at=?, end_reason=? WHERE job_id=? AND instance_id=? AND ended_at IS NULL",
+                (time.time(), reason, job_id, instance_id),
+            )
+
+    def launches(self, job_id: str) -> list[dict[str, Any]]:
+        with self._conn() as c:
+            rows = c.execute("SELECT * FROM launches WHERE job_id=? ORDER BY n", (job_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def cost(self, job_id: str, now: float | None = None) -> float:
+        """$/h × hours summed over the job's launches (an open launch counts up to ``now``)."""
+        now = time.time() if now is None else now
+        total = 0.0
+        for r in self.launches(job_id):
+            hours = max(0.0, ((r["ended_at"] or now) - r["started_at"]) / 3600.0)
+            total += (r["price_per_hour"] or 0.0) * hours
+        return total
 
 
 def _row(r: sqlite3.Row) -> JobRow:

@@ -30,7 +30,7 @@ from qa_train.spec import RenderedSpec, SpecError, load_job  # noqa: E402
 logger = logging.getLogger("launch")
 DEFAULT_JOB = "jobs/mistral-qa-full.yaml"
 PASSTHROUGH_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
-COMMANDS = ("submit", "offers", "status", "logs", "cancel", "list")
+COMMANDS = ("submit", "offers", "status", "logs", "cancel", "list", "resume")
 
 
 class CliError(Exception):
@@ -52,6 +52,7 @@ class Launcher:
 
     def __init__(self, runs_dir: str = "runs"):
         self._runs_dir = runs_dir
+        self._exit_code = 0  # set by commands whose outcome is not an error message (e.g. ^C of a controller)
 
     def _registry(self) -> Registry:
         return Registry(self._runs_dir)
@@ -73,8 +74,16 @@ class Launcher:
         network: str | None = None,
         poll_s: float | None = None,
         ready_timeout_s: float | None = None,
+        managed: bool = False,
+        detach: bool = False,
+        max_restarts: int = 3,
+        backoff_s: float = 30.0,
+        capacity_wait_s: float = 6 * 3600.0,
     ) -> None:
-        """Render JOB for GPU and submit it (or print the rendered spec with --dry_run)."""
+        """Render JOB for GPU and submit it (or print the rendered spec with --dry_run).
+
+        --managed: stay attached as the job's controller (relaunch on preemption, up to --max_restarts);
+        --detach: run that controller in the background (status/logs/cancel/resume from any shell)."""
         spec_job = load_job(job)
         secrets = load_secrets(CONTAINER_SECRETS, env_file=env_file)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
@@ -99,6 +108,26 @@ class Launcher:
         row, created = reg.claim(
             rendered.job_id, backend, gpu=rendered.gpu.profile, run_name=spec_job.run_name
         )
+        if managed or detach:
+            from launch.managed import ManagedOptions
+
+            opts = ManagedOptions(
+                backend=backend,
+                interruptible=interruptible,
+                max_price=max_price,
+                max_restarts=int(max_restarts),
+                poll_s=10.0 if poll_s is None else float(poll_s),
+                ready_timeout_s=1800.0 if ready_timeout_s is None else float(ready_timeout_s),
+                backoff_s=float(backoff_s),
+                backoff_max_s=max(600.0, float(backoff_s)),
+                capacity_wait_s=float(capacity_wait_s),
+                step_every_s=min(30.0, max(1.0, 3 * (10.0 if poll_s is None else float(poll_s)))),
+                data_dir=str(Path(data_dir).resolve()) if data_dir else None,
+                network=network,
+                env_file=str(Path(env_file).resolve()) if env_file else None,
+            )
+            self._exit_code = self._submit_managed(reg, row, created, rendered, doc, secrets, opts, detach)
+            return
         if not created:
             print(
                 f"job {row.job_id} already submitted (backend {row.backend}, instance {row.instance_id}, "
@@ -162,6 +191,95 @@ class Launcher:
             )
         )
 
+    # -- managed jobs --------------------------------------------------------------------------------------
+    def _submit_managed(self, reg, row, created, rendered, doc, secrets, opts, detach: bool) -> int:  # noqa: ANN001
+        if not created:
+            live = f"instance {row.instance_id}" if row.instance_id else "no instance yet"
+            print(
+                f"job {row.job_id} already submitted (state {row.state}, {live}); not creating another; "
+                f"re-attach with: python launch/submit.py resume {row.job_id}"
+            )
+            print(json.dumps({"job_id": row.job_id, "created": False, "state": row.state}))
+            return 0
+        out_dir = Path(self._runs_dir) / rendered.job_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "spec.json").write_text(redact(json.dumps(doc, indent=2), secrets) + "\n")
+        reg.update(rendered.job_id, state="PENDING", reason="managed job submitted", managed=opts.to_dict())
+        print(f"managed job {rendered.job_id} submitted ({opts.backend}, max_restarts {opts.max_restarts})")
+        if detach:
+            return self._spawn_controller(rendered.job_id)
+        return self._control(reg, rendered.job_id, rendered, secrets, opts)
+
+    def _spawn_controller(self, job_id: str) -> int:
+        """The same controller as a background process (own session: closing this shell does not stop it)."""
+        import subprocess
+
+        log = Path(self._runs_dir) / job_id / "controller.log"
+        env = {**os.environ, "QA_RUNS_ROOT": str(Path(self._runs_dir).resolve())}
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, str(_REPO / "launch" / "submit.py"), "resume", job_id],
+                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, cwd=os.getcwd(),
+            )  # fmt: skip
+        print(f"controller running in the background (pid {proc.pid}); log: {log}")
+        print(f"  python launch/submit.py status {job_id} | logs {job_id} | cancel {job_id}")
+        print(json.dumps({"job_id": job_id, "created": True, "managed": True, "controller_pid": proc.pid}))
+        return 0
+
+    def _control(self, reg: Registry, job_id: str, rendered: RenderedSpec, secrets: dict, opts) -> int:  # noqa: ANN001
+        from launch.managed import Controller, summary
+
+        ctl = Controller(
+            reg, job_id, rendered, secrets, opts, echo=lambda s: print(redact(s, secrets), flush=True)
+        )
+        try:
+            final = ctl.run()
+        except KeyboardInterrupt:
+            print(
+                f"\ncontroller stopped; job {job_id} keeps running unwatched. "
+                f"Re-attach: python launch/submit.py resume {job_id}   stop it: python launch/submit.py cancel {job_id}",
+                file=sys.stderr,
+            )
+            return 130
+        print(json.dumps(summary(reg, job_id), default=str))
+        if final != "SUCCEEDED":
+            events = reg.events(job_id)
+            raise CliError(f"job {job_id} {final}: {events[-1]['reason'] if events else ''}")
+        return 0
+
+    def resume(self, job_id: str, detach: bool = False) -> None:
+        """Re-attach a controller to a managed job (after the old one was killed); never double-launches."""
+        from launch.managed import ManagedError, ManagedOptions
+        from qa_train.spec import parse_rendered
+
+        reg = self._registry()
+        row = reg.get(str(job_id))
+        if row is None:
+            raise CliError(f"no job {job_id!r} in {reg.path}")
+        if "managed" not in row.info:
+            raise CliError(f"job {job_id} is not a managed job (submit it with --managed)")
+        opts = ManagedOptions.from_dict(row.info["managed"])
+        spec_path = Path(self._runs_dir) / row.job_id / "spec.json"
+        try:
+            rendered = parse_rendered(json.loads(spec_path.read_text()), str(spec_path))
+        except (OSError, ValueError) as e:
+            raise CliError(f"{spec_path}: cannot read the job's rendered spec: {e}") from None
+        secrets = load_secrets(CONTAINER_SECRETS, env_file=opts.env_file)
+        missing = [n for n in rendered.secret_env if n not in secrets]
+        if missing:
+            raise CliError(
+                f"job {job_id} was submitted with secrets {', '.join(missing)} that are not set now "
+                "(set them in the environment or in the --env_file it was submitted with)"
+            )
+        if detach:
+            self._exit_code = self._spawn_controller(row.job_id)
+            return
+        try:
+            self._exit_code = self._control(reg, row.job_id, rendered, secrets, opts)
+        except ManagedError as e:
+            raise CliError(str(e)) from None
+
     def offers(
         self,
         gpu: str = "a100",
@@ -211,6 +329,13 @@ class Launcher:
         row = reg.get(str(job_id))
         if row is None:
             raise CliError(f"no job {job_id!r} in {reg.path}")
+        if "managed" in row.info:
+            from launch.managed import summary
+
+            doc = {**summary(reg, row.job_id), "events": reg.events(row.job_id),
+                   "launches": reg.launches(row.job_id), "artifacts": row.info.get("artifacts")}  # fmt: skip
+            print(json.dumps(doc, indent=2, default=str))
+            return None
         st = None
         if row.instance_id:
             st = _backend(row.backend).status(row.instance_id)
@@ -227,6 +352,18 @@ class Launcher:
     def logs(self, job_id: str, follow: bool = True, tail: int = 1000) -> None:
         """Print the job's logs; follow until it ends (Ctrl-C stops following, not the job)."""
         row = self._registry().get(str(job_id))
+        if row is not None and "managed" in row.info:
+            saved = sorted((Path(self._runs_dir) / row.job_id / "logs").glob("launch-*.log"),
+                           key=lambda p: int(p.name.split("-")[1]))  # fmt: skip
+            live = [r for r in self._registry().launches(row.job_id) if r["ended_at"] is None]
+            for p in saved:
+                print(f"==> {p.name} <==")
+                print(p.read_text(), end="", flush=True)
+            if not live:
+                if not saved:
+                    raise CliError(f"job {job_id}: no instance and no saved logs yet")
+                return
+            row.backend, row.instance_id = live[-1]["backend"], live[-1]["instance_id"]
         if row is None or not row.instance_id:
             raise CliError(f"no running instance recorded for job {job_id!r}")
         try:
@@ -241,6 +378,21 @@ class Launcher:
         row = reg.get(str(job_id))
         if row is None:
             raise CliError(f"no job {job_id!r} in {reg.path}")
+        if "managed" in row.info:
+            # mark first, so the controller (attached or detached) never takes the vanished instance for a
+            # preemption and relaunches it; then destroy whatever is live
+            from launch.registry import TERMINAL
+
+            if row.state in TERMINAL:
+                print(f"job {row.job_id} already {row.state}")
+                return
+            reg.set_state_unless(row.job_id, "CANCELLED", "cancelled by user", unless=TERMINAL)
+            for r in reg.launches(row.job_id):
+                if r["ended_at"] is None:
+                    _backend(r["backend"]).cancel(r["instance_id"])
+                    reg.end_launch(row.job_id, r["instance_id"], "cancelled by user")
+            print(f"cancelled {row.job_id}")
+            return
         if row.instance_id:
             _backend(row.backend).cancel(row.instance_id)
         reg.update(row.job_id, state="CANCELLED", reason="cancelled by user")
@@ -249,12 +401,50 @@ class Launcher:
             + (f" ({row.backend} instance {row.instance_id})" if row.instance_id else "")
         )
 
-    def list(self) -> None:
-        """All jobs in the registry."""
-        rows = self._registry().list()
-        print(f"{'job_id':<44} {'backend':<8} {'gpu':<9} {'state':<10} instance")
+    def list(self, as_json: bool = False) -> None:
+        """All jobs in the registry; managed ones with restarts, cost so far and last committed step."""
+        reg = self._registry()
+        rows = reg.list()
+        out = []
         for r in rows:
-            print(f"{r.job_id:<44} {r.backend:<8} {r.gpu or '-':<9} {r.state:<10} {r.instance_id or '-'}")
+            d = {"job_id": r.job_id, "backend": r.backend, "gpu": r.gpu, "state": r.state,
+                 "instance_id": r.instance_id, "managed": "managed" in r.info}  # fmt: skip
+            if d["managed"]:
+                from launch.managed import summary
+
+                d.update(summary(reg, r.job_id))
+                if r.state not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                    d["last_step"] = _live_step(self._runs_dir, r) or d["last_step"]
+            out.append(d)
+        if as_json:
+            print(json.dumps(out, indent=2, default=str))
+            return
+        print(
+            f"{'job_id':<44} {'backend':<8} {'gpu':<9} {'state':<10} {'restarts':>8} {'cost $':>8} {'step':>6} instance"
+        )
+        for d in out:
+            if d["managed"]:
+                extra = f"{d['restarts']:>8} {d['cost_usd']:>8.3f} {d['last_step'] if d['last_step'] is not None else '-':>6}"
+            else:
+                extra = f"{'-':>8} {'-':>8} {'-':>6}"
+            print(
+                f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<10} {extra} {d['instance_id'] or '-'}"
+            )
+
+
+def _live_step(runs_dir: str, row) -> int | None:  # noqa: ANN001
+    """Newest committed step from object storage for a running managed job (quick; None when unknown)."""
+    try:
+        from launch.managed import committed_step
+        from qa_train.spec import parse_rendered
+
+        spec = parse_rendered(json.loads((Path(runs_dir) / row.job_id / "spec.json").read_text()))
+        if spec.job.sync is None:
+            return None
+        return committed_step(spec, load_secrets(CONTAINER_SECRETS))
+    except Exception as e:  # storage down or no credentials here: the controller's cached value stands
+        logger.info("list: live step of %s unavailable: %s", row.job_id, e)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     import fire
 
     try:
-        fire.Fire(Launcher(runs_dir), command=argv, name="submit.py")
+        launcher = Launcher(runs_dir)
+        fire.Fire(launcher, command=argv, name="submit.py")
     except (SpecError, PlanError, SecretError, CliError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -282,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except SystemExit as e:  # fire's usage errors
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    return 0
+    return launcher._exit_code
 
 
 if __name__ == "__main__":
