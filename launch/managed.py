@@ -401,17 +401,18 @@ class Controller:
         """The registry's live instance of this job (or one labelled with the job id): never create twice."""
         cur = self._open_launch()
         if cur is not None:
+            # whatever its state (even unknown during an API outage), the loop judges it like any instance
             inst = Instance(cur["backend"], cur["instance_id"], None)
             st = self._status(inst)
-            if st is not None and st.state in ("RUNNING", "PENDING", "EXITED", "STOPPED", "FAILED"):
-                self._note(f"re-attached to {inst.backend} instance {inst.instance_id} ({st.state.lower()})")
-                if row.state in ("PENDING", "STARTING", "RECOVERING") and st.state == "RUNNING":
-                    self._to(
-                        "RUNNING", f"{inst.backend} instance {inst.instance_id} is running (re-attached)"
-                    )
-                return inst
-            if st is not None:  # GONE: let the loop judge it like any lost instance
-                return inst
+            seen = st.state.lower() if st else "state unknown"
+            self._note(f"re-attached to {inst.backend} instance {inst.instance_id} ({seen})")
+            if (
+                st is not None
+                and st.state == "RUNNING"
+                and row.state in ("PENDING", "STARTING", "RECOVERING")
+            ):
+                self._to("RUNNING", f"{inst.backend} instance {inst.instance_id} is running (re-attached)")
+            return inst
         # an instance created just before a controller died, before it was recorded
         for name, be in self.clouds.items():
             finder = getattr(be, "find_by_label", None) or getattr(be, "find_by_job", None)
@@ -620,9 +621,11 @@ class Controller:
     # -- endings ----------------------------------------------------------------------------------------
     def _finish_cancelled(self, inst: Instance | None) -> str:
         cur = self._open_launch()
-        for i in [inst] + ([Instance(cur["backend"], cur["instance_id"], None)] if cur else []):
-            if i is not None:
-                self._retire(i, "cancelled by user")
+        todo = {i.instance_id: i for i in (inst,) if i is not None}
+        if cur is not None:
+            todo.setdefault(cur["instance_id"], Instance(cur["backend"], cur["instance_id"], None))
+        for i in todo.values():
+            self._retire(i, "cancelled by user")
         self._note("cancelled; no instance left")
         return "CANCELLED"
 
