@@ -9,7 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from qa_train.sync import StorageAccessError, SyncArguments, SyncError, run_name_for, start_sync
+from qa_train.sync import (
+    StorageAccessError,
+    SyncArguments,
+    SyncError,
+    run_name_for,
+    start_sync,
+    upload_directory,
+)
 from qa_train.sync.callback import BackgroundUploader
 from qa_train.sync.cli import main as sync_main
 from qa_train.sync.remote import list_run, newest_committed
@@ -166,3 +173,13 @@ def test_run_name_explicit_or_output_dir_basename(tmp_path):
     assert run_name_for(_args(tmp_path, run_name="exp-7")) == "exp-7"
     assert run_name_for(_args(tmp_path)) == "out"
     assert run_name_for(_args(tmp_path, run_name=str(tmp_path / "out"))) == "out"  # HF's default = output_dir
+
+
+def test_upload_directory_for_merged_and_eval(s3, tmp_path):
+    src = make_folder(tmp_path / "merged", {"model.safetensors": 4000, "config.json": 50})
+    uri = upload_directory(s3.uri("jobs"), "run-3", "merged", src)
+    assert uri == s3.uri("jobs/run-3/merged")
+    folders = {f.name: f for f in list_run(make_client(), S3Location.parse(s3.uri("jobs/run-3")))}
+    assert folders["merged"].committed and folders["merged"].num_files == 2
+    with pytest.raises(SyncError, match="not a directory"):
+        upload_directory(s3.uri("jobs"), "run-3", "eval", tmp_path / "missing")

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .storage import S3Location, SyncError
+from .storage import S3Location
 from .worker import PENDING_DIR
 
 logger = logging.getLogger("qa_train.sync")
@@ -167,8 +167,11 @@ class S3SyncCallback(TrainerCallback):
             return control
         name = f"checkpoint-{state.global_step}"
         ckpt = Path(args.output_dir) / name
-        if not ckpt.is_dir():
-            raise SyncError(f"on_save: expected the Trainer's checkpoint at {ckpt}, found nothing")
+        if not ckpt.is_dir():  # report at finish() rather than crash the training loop
+            error = f"expected the Trainer's checkpoint at {ckpt}, found nothing"
+            logger.error("Cannot upload %s: %s", name, error)
+            self.uploader.failures.append(UploadFailure(name, ckpt, error))
+            return control
         if state.best_model_checkpoint:
             self.uploader.protect = {Path(state.best_model_checkpoint).name}
         pending = snapshot(ckpt, Path(args.output_dir) / PENDING_DIR / name)
