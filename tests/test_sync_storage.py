@@ -183,3 +183,33 @@ def test_upload_directory_for_merged_and_eval(s3, tmp_path):
     assert folders["merged"].committed and folders["merged"].num_files == 2
     with pytest.raises(SyncError, match="not a directory"):
         upload_directory(s3.uri("jobs"), "run-3", "eval", tmp_path / "missing")
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_older_one(s3, tmp_path, caplog):
+    client = make_client()
+    run = S3Location.parse(s3.uri("pre/corrupt"))
+    for step in (2, 4):
+        push_directory(
+            client, fake_checkpoint(tmp_path / "src", step), run.child(f"checkpoint-{step}"), progress=False
+        )
+    key = run.child("checkpoint-4").key("optimizer.pt")
+    client.put_object(Bucket=s3.bucket, Key=key, Body=b"\x00" * 1000)  # same size, other bytes
+    point = find_resume_point(client, run, tmp_path / "out", progress=False)
+    assert point is not None and point.source == run.child("checkpoint-2").uri
+    assert "checkpoint-4/optimizer.pt: sha256" in caplog.text
+    assert not (tmp_path / "out" / "checkpoint-4").exists()
+    client.put_object(
+        Bucket=s3.bucket, Key=run.child("checkpoint-2").key("optimizer.pt"), Body=b"\x01" * 1000
+    )
+    with pytest.raises(SyncError, match="no usable checkpoint.*checkpoint-4.*checkpoint-2"):
+        find_resume_point(client, run, tmp_path / "out2", progress=False)
+
+
+def test_resume_from_explicit_s3_checkpoint(s3, tmp_path):
+    client = make_client()
+    run = S3Location.parse(s3.uri("pre/explicit"))
+    push_directory(client, fake_checkpoint(tmp_path / "src", 2), run.child("checkpoint-2"), progress=False)
+    uri = run.child("checkpoint-2").uri
+    session = start_sync(SyncArguments(resume=uri), _args(tmp_path))
+    assert session.resumed_from == uri
+    assert tree(Path(session.resume_from)) == tree(tmp_path / "src" / "checkpoint-2")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .remote import CHECKPOINT_RE, newest_committed
+from .remote import CHECKPOINT_RE, committed_checkpoints
 from .storage import S3Location, SyncError
 from .transfer import pull_directory
 
@@ -55,25 +56,40 @@ def find_resume_point(
     endpoint_url: str | None = None,
     progress: bool = True,
 ) -> ResumePoint | None:
-    """``--resume auto``: newest of (local complete checkpoint, remote committed checkpoint); ties go local."""
+    """``--resume auto``: newest of (local complete checkpoint, remote committed checkpoint); ties go local.
+
+    A remote checkpoint that fails verification is reported loudly and the next older committed one is tried:
+    one corrupt upload must not block every future restart of a spot job. All failing → one error naming each.
+    """
     local = newest_local(output_dir)
-    remote = newest_committed(client, run) if client is not None and run is not None else None
-    if local and (remote is None or local[0] >= (remote.step or 0)):
-        logger.info(
-            "Resuming from %s (local%s)", local[1].name, f", remote newest is {remote.uri}" if remote else ""
-        )
+    remote = committed_checkpoints(client, run) if client is not None and run is not None else []
+    newest_remote = remote[-1] if remote else None
+    if local and (newest_remote is None or local[0] >= (newest_remote.step or 0)):
+        where = f", remote newest is {newest_remote.uri}" if newest_remote else ""
+        logger.info("Resuming from %s (local%s)", local[1].name, where)
         return ResumePoint(str(local[1]), str(local[1]))
-    if remote is None:
+    if not remote:
         logger.info("No checkpoint to resume from%s: starting fresh", f" under {run.uri}" if run else "")
         return None
     assert client is not None
-    src = S3Location.parse(remote.uri)
-    dest = output_dir / remote.name
-    if dest.exists():  # an incomplete local copy (no trainer_state.json): the remote one replaces it
-        import shutil
-
-        logger.warning("Replacing incomplete local %s with the committed remote copy", dest)
-        shutil.rmtree(dest)
-    logger.info("Resuming from %s (%s)", remote.name, remote.uri)
-    local_dir = download_checkpoint(client, src, output_dir, endpoint_url=endpoint_url, progress=progress)
-    return ResumePoint(str(local_dir), remote.uri)
+    errors = []
+    for candidate in reversed(remote):
+        if local and local[0] >= (candidate.step or 0):
+            logger.warning("Resuming from %s (local) after newer remote checkpoints failed", local[1].name)
+            return ResumePoint(str(local[1]), str(local[1]))
+        dest = output_dir / candidate.name
+        if dest.exists():  # an incomplete local copy (no trainer_state.json): the remote one replaces it
+            logger.warning("Replacing incomplete local %s with the committed remote copy", dest)
+            shutil.rmtree(dest)
+        logger.info("Resuming from %s (%s)", candidate.name, candidate.uri)
+        try:
+            src = S3Location.parse(candidate.uri)
+            local_dir = download_checkpoint(
+                client, src, output_dir, endpoint_url=endpoint_url, progress=progress
+            )
+        except SyncError as exc:
+            logger.error("Cannot resume from %s: %s", candidate.uri, exc)
+            errors.append(f"{candidate.name}: {exc}")
+            continue
+        return ResumePoint(str(local_dir), candidate.uri)
+    raise SyncError(f"no usable checkpoint under {run.uri if run else '?'}: " + "; ".join(errors))
