@@ -130,7 +130,9 @@ def bench_upload(client, bucket: str, root: Path, nbytes: int, rounds: int) -> d
     return out
 
 
-def bench_training(client, bucket: str, root: Path, steps: int, threads: int, rounds: int) -> dict:
+def bench_training(
+    client, bucket: str, root: Path, steps: int, threads: int, rounds: int, worker_mbps: float = 0
+) -> dict:
     import torch
 
     if threads:
@@ -159,7 +161,7 @@ def bench_training(client, bucket: str, root: Path, steps: int, threads: int, ro
         from qa_train.sync.callback import BackgroundUploader
 
         stop, done = threading.Event(), [0]
-        uploader = BackgroundUploader(run, keep=1) if mode == "process" else None
+        uploader = BackgroundUploader(run, keep=1, max_mbps=worker_mbps) if mode == "process" else None
 
         def feed() -> None:
             while not stop.is_set():
@@ -208,6 +210,7 @@ def bench_training(client, bucket: str, root: Path, steps: int, threads: int, ro
         "slowdown_pct_thread_variant": 100 * (threaded / alone - 1),
         "steps_per_phase": steps,
         "torch_threads": torch.get_num_threads(),
+        "worker_max_mbps": worker_mbps,
         "uploads_completed_during_training": uploaded,
         "per_round": per_round,
     }
@@ -225,6 +228,9 @@ def main() -> int:
     )
     ap.add_argument("--server_nice", type=int, default=0, help="niceness of the SeaweedFS server process")
     ap.add_argument("--skip_training", action="store_true")
+    ap.add_argument(
+        "--worker_max_mbps", type=float, default=0, help="--sync_max_mbps of the background worker"
+    )
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "sync.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
@@ -252,7 +258,13 @@ def main() -> int:
         training = {}
         if not args.skip_training:
             training = bench_training(
-                client, bucket, work / "checkpoint", args.train_steps, args.torch_threads, args.train_rounds
+                client,
+                bucket,
+                work / "checkpoint",
+                args.train_steps,
+                args.torch_threads,
+                args.train_rounds,
+                args.worker_max_mbps,
             )
             print(f"training step: {training['median_step_s_alone'] * 1e3:.1f} ms alone, "
                   f"{training['median_step_s_with_sync'] * 1e3:.1f} ms with sync → {training['slowdown_pct']:+.1f}% "

@@ -51,6 +51,10 @@ class SyncArguments:
         default=6, metadata={"help": "botocore attempts per S3 request (adaptive retry mode)"}
     )
     sync_concurrency: int = field(default=10, metadata={"help": "parallel parts/files per checkpoint upload"})
+    sync_max_mbps: float = field(
+        default=0,
+        metadata={"help": "cap background upload at N MB/s (0: no cap), to spare a CPU-bound trainer"},
+    )
 
 
 def run_name_for(training_args: Any) -> str:
@@ -140,6 +144,7 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
                 max_attempts=sync_args.s3_max_attempts,
                 keep=training_args.save_total_limit,
                 concurrency=sync_args.sync_concurrency,
+                max_mbps=sync_args.sync_max_mbps,
             )
             session.callbacks.append(S3SyncCallback(session.uploader))
     if resume not in (None, "never"):

@@ -62,6 +62,7 @@ class BackgroundUploader:
         max_attempts: int = 6,
         keep: int | None = None,
         concurrency: int = 10,
+        max_mbps: float = 0,
         nice: int = 10,
     ) -> None:
         self.run = run
@@ -82,7 +83,7 @@ class BackgroundUploader:
             env=_worker_env(),
         )
         config = {"run": run.uri, "endpoint_url": endpoint_url, "max_attempts": max_attempts, "keep": keep,
-                  "concurrency": concurrency, "nice": nice, "parent_pid": os.getpid()}  # fmt: skip
+                  "concurrency": concurrency, "max_mbps": max_mbps, "nice": nice, "parent_pid": os.getpid()}  # fmt: skip
         self._send(config)
         self._reader = threading.Thread(target=self._read, name="qa-train-s3-sync", daemon=True)
         self._reader.start()

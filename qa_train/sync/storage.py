@@ -87,13 +87,16 @@ def make_client(
     )
 
 
-def transfer_config(concurrency: int = DEFAULT_CONCURRENCY, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Any:
+def transfer_config(
+    concurrency: int = DEFAULT_CONCURRENCY, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_mbps: float = 0
+) -> Any:
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(
         multipart_threshold=chunk_bytes,
         multipart_chunksize=chunk_bytes,
         max_concurrency=concurrency,
+        max_bandwidth=int(max_mbps * 1e6) if max_mbps else None,
         use_threads=True,
     )
 

@@ -18,7 +18,7 @@ from .manifest import (
     sha256_file,
     verify_file,
 )
-from .storage import S3Location, SyncError, describe_error, list_keys, transfer_config
+from .storage import DEFAULT_CHUNK_BYTES, S3Location, SyncError, describe_error, list_keys, transfer_config
 
 logger = logging.getLogger("qa_train.sync")
 
@@ -56,10 +56,11 @@ def _subscriber(progress: _Progress, size: int | None = None) -> Any:
     return Sub()
 
 
-def _manager(client: Any, concurrency: int, chunk_bytes: int | None) -> Any:
+def _manager(client: Any, concurrency: int, chunk_bytes: int | None, max_mbps: float = 0) -> Any:
     from s3transfer.manager import TransferManager
 
-    cfg = transfer_config(concurrency) if chunk_bytes is None else transfer_config(concurrency, chunk_bytes)
+    chunk = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    cfg = transfer_config(concurrency, chunk, max_mbps)
     return TransferManager(client, cfg)
 
 
@@ -74,11 +75,13 @@ def push_directory(
     endpoint_url: str | None = None,
     extra_files: dict[str, bytes] | None = None,
     top_level_only: bool = False,
+    max_mbps: float = 0,
 ) -> Manifest:
     """Upload every file of ``local_dir`` under ``dest`` and commit it with ``_manifest.json`` written last.
 
     Hashing runs in this thread while the transfer threads upload, so the sha256 pass costs no extra wall time.
     ``extra_files`` are small in-memory files (name → bytes) uploaded alongside, e.g. ``train_summary.json``.
+    ``max_mbps`` caps the upload rate (0: no cap), to leave bandwidth/CPU to training.
     ``top_level_only`` skips sub-folders (the final model sits next to checkpoint-* folders in output_dir).
     """
     local_dir = Path(local_dir)
@@ -98,7 +101,7 @@ def push_directory(
 
     total = sum(size for _, _, size in files) + sum(len(b) for b in extra_files.values())
     bar = _Progress(total, f"push {dest.uri}", progress)
-    manager = _manager(client, concurrency, chunk_bytes)
+    manager = _manager(client, concurrency, chunk_bytes, max_mbps)
     futures = []
     entries: list[FileEntry] = []
     failed: list[str] = []

@@ -39,6 +39,7 @@ def upload_checkpoint(
     keep: int | None,
     protect: set[str],
     concurrency: int,
+    max_mbps: float = 0,
     endpoint_url: str | None,
 ) -> dict[str, Any]:
     """Push one checkpoint, drop its pending snapshot, apply remote retention; never raises."""
@@ -46,7 +47,13 @@ def upload_checkpoint(
     start = time.monotonic()
     try:
         manifest = push_directory(
-            client, local_dir, dest, progress=False, concurrency=concurrency, endpoint_url=endpoint_url
+            client,
+            local_dir,
+            dest,
+            progress=False,
+            concurrency=concurrency,
+            endpoint_url=endpoint_url,
+            max_mbps=max_mbps,
         )
     except Exception as exc:  # reported back; the snapshot stays for a later `sync push`
         logger.error("Upload of %s to %s failed: %s", name, dest.uri, exc)
@@ -109,6 +116,7 @@ def main() -> int:
             keep=config.get("keep"),
             protect=set(job.get("protect") or ()),
             concurrency=int(config.get("concurrency", 10)),
+            max_mbps=float(config.get("max_mbps") or 0),
             endpoint_url=config.get("endpoint_url"),
         )
         sys.stdout.write(json.dumps(result) + "\n")
