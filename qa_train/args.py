@@ -27,29 +27,42 @@ class ModelArguments:
         default=None, metadata={"help": "mistral | llama (any HF causal LM works; detected from the config)"}
     )
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "flash_attention_2 | sdpa | eager (default: FA2 on GPU when installed, else sdpa)"}
+        default=None,
+        metadata={
+            "help": "flash_attention_2 | sdpa_varlen | sdpa | eager (default: FA2 on GPU when installed, else "
+            "sdpa_varlen when packing, else sdpa)"
+        },
     )
 
 
 @dataclass
 class DataArguments:
-    train_path: str | None = field(default=None, metadata={"help": "Training records: JSON list, JSONL or datasets folder"})
+    train_path: str | None = field(
+        default=None, metadata={"help": "Training records: JSON list, JSONL or datasets folder"}
+    )
     validation_path: str | None = field(default=None, metadata={"help": "Validation records (same formats)"})
     packing: bool = field(default=False, metadata={"help": "Pack samples into rows of model_max_length"})
     packing_strategy: str = field(default="bfd", metadata={"help": "bfd | ffd | next_fit"})
     padding: str = field(
-        default="longest", metadata={"help": "Without packing: longest (dynamic) | max_length (as the original)"}
+        default="longest",
+        metadata={"help": "Without packing: longest (dynamic) | max_length (as the original)"},
     )
     truncation: bool = field(default=True, metadata={"help": "Truncate samples longer than model_max_length"})
-    skip_invalid_records: bool = field(default=False, metadata={"help": "Skip malformed records (counted) instead of failing"})
-    data_cache_dir: str | None = field(default=None, metadata={"help": "Tokenization cache (default ~/.cache/qa_train)"})
+    skip_invalid_records: bool = field(
+        default=False, metadata={"help": "Skip malformed records (counted) instead of failing"}
+    )
+    data_cache_dir: str | None = field(
+        default=None, metadata={"help": "Tokenization cache (default ~/.cache/qa_train)"}
+    )
 
 
 @dataclass
 class TrainingArguments(HfTrainingArguments):
     model_max_length: int = field(default=4096, metadata={"help": "Maximum sequence (and pack) length"})
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the whole model"})
-    qlora: bool = field(default=False, metadata={"help": "With --use_lora: load the base in 4-bit nf4 (QLoRA)"})
+    qlora: bool = field(
+        default=False, metadata={"help": "With --use_lora: load the base in 4-bit nf4 (QLoRA)"}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})

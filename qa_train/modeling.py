@@ -16,21 +16,34 @@ from qa_train.data.prompt import SPECIAL_TOKENS
 logger = logging.getLogger(__name__)
 
 # Implementations that honour restarted position_ids (no attention_mask, no cache) in transformers 5.
-PACKING_SAFE_ATTN = {"flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention"}
+PACKING_SAFE_ATTN = {
+    "flash_attention_2",
+    "flash_attention_3",
+    "sdpa",
+    "sdpa_varlen",
+    "eager",
+    "flex_attention",
+}
 MODEL_TYPES = ("mistral", "llama")
 
 
-def default_attn_implementation() -> str:
-    """flash_attention_2 when flash-attn is importable and a GPU is present, else sdpa."""
+def default_attn_implementation(packing: bool = False) -> str:
+    """flash_attention_2 when flash-attn is importable and a GPU is present; else sdpa_varlen for packed rows
+    (per-sample causal SDPA, see qa_train/attention.py) and sdpa otherwise."""
     import torch
 
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
-    return "sdpa"
+    return "sdpa_varlen" if packing else "sdpa"
 
 
 def resolve_attn_implementation(requested: str | None, packing: bool) -> str:
-    impl = requested or default_attn_implementation()
+    """The implementation to load (registering ``sdpa_varlen`` when chosen); warns when packing can't isolate."""
+    impl = requested or default_attn_implementation(packing)
+    if impl == "sdpa_varlen":
+        from qa_train.attention import register
+
+        register()
     if packing and impl not in PACKING_SAFE_ATTN:
         logger.warning(
             "Packing is on but attn_implementation=%r cannot isolate packed samples; they will attend to each "
@@ -115,8 +128,12 @@ def load_config(path: str, model_max_length: int | None = None) -> Any:
     if model_max_length:
         scaling = rope_scaling_for(config, model_max_length)
         if scaling is not None:
-            logger.info("Applying linear RoPE scaling factor %s (%d > %d)", scaling["factor"], model_max_length,
-                        config.max_position_embeddings)
+            logger.info(
+                "Applying linear RoPE scaling factor %s (%d > %d)",
+                scaling["factor"],
+                model_max_length,
+                config.max_position_embeddings,
+            )
             rope = dict(getattr(config, "rope_parameters", None) or {})
             rope.update({"rope_type": "linear", "factor": scaling["factor"]})
             config.rope_parameters = rope

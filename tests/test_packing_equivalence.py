@@ -25,6 +25,11 @@ def arch_path(request):
 def _load(path, attn: str, **config_overrides):
     from transformers import AutoModelForCausalLM
 
+    if attn == "sdpa_varlen":
+        from qa_train.attention import register
+
+        register()
+
     model = AutoModelForCausalLM.from_pretrained(
         path, attn_implementation=attn, dtype=torch.float32, **config_overrides
     )
@@ -80,7 +85,7 @@ def _later_samples_diff(model, batch: dict, reference: torch.Tensor, **kwargs) -
     return (out[0, first_end:] - reference[0, first_end:]).abs().max().item()
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_varlen"])
 def test_packed_logits_and_losses_equal_unpacked(arch_path, attn):
     arch, path = arch_path
     model = _load(path, attn)
@@ -100,6 +105,12 @@ def test_packed_logits_and_losses_equal_unpacked(arch_path, attn):
         assert _later_samples_diff(model, naive, good, use_cache=False) > 1e-3, (
             f"{arch}/{attn}: naive concatenation should contaminate"
         )
+        if attn == "sdpa_varlen":
+            # per-sample attention from cu_seq_lens: neither a cache nor an all-ones mask can contaminate it
+            ones = torch.ones_like(batch["input_ids"])
+            assert _later_samples_diff(model, batch, good, use_cache=True) <= ATOL
+            assert _later_samples_diff(model, batch, good, use_cache=False, attention_mask=ones) <= ATOL
+            return
         # trap 1: a KV cache disables packed-sequence detection for sdpa/eager
         assert _later_samples_diff(model, batch, good, use_cache=True) > 1e-3, (
             f"{arch}/{attn}: use_cache=True no longer contaminates — docs/packing.md needs updating"
@@ -114,7 +125,7 @@ def test_packed_logits_and_losses_equal_unpacked(arch_path, attn):
         assert _later_samples_diff(model, batch, good) > 1e-3
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_varlen"])
 def test_mistral_sliding_window_packed_equals_unpacked(tiny_mistral, attn):
     """Sliding-window masks are packing-aware too: a window of 4 (< the sample lengths) still isolates samples."""
     model = _load(tiny_mistral, attn, sliding_window=4)
