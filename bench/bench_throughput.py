@@ -1,8 +1,10 @@
 """Real-token throughput of packed training vs the original non-packed path, on CPU with a tiny model.
 
 Same data, one epoch each. Padded modes use a per-device batch of 3 samples (as the original README):
-  packed, 1 pack/step   — bfd packs of model_max_length, one row per step, no padding
-  packed, 3 packs/step  — three packs flattened into ONE row (what collate_packed does with batch 3)
+  packed (sdpa_varlen)  — bfd packs of model_max_length, 3 packs flattened into ONE row per step (what
+                          collate_packed does with batch 3), per-sample causal SDPA (the CPU default)
+  packed, 1 pack/step   — the same, one pack per step
+  packed (sdpa)         — the same rows through stock sdpa: one block-diagonal mask over the whole row
   pad-to-max            — the original qa_expert path: every sample padded to model_max_length
   pad-to-longest        — dynamic padding to the longest sample of each batch
 Tokens/s counts real (non-pad) tokens only. Data: synthetic QA Expert records (tests/conftest.make_records), or
@@ -54,32 +56,77 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     data, data_name = _data(tmp, a.samples, a.data)
-    model = make_tiny_model(tmp / "model", "llama", data, vocab_size=2048, hidden_size=256, num_layers=4,
-                            max_positions=a.max_length)
+    model = make_tiny_model(
+        tmp / "model",
+        "llama",
+        data,
+        vocab_size=2048,
+        hidden_size=256,
+        num_layers=4,
+        max_positions=a.max_length,
+    )
     modes = {
-        "packed, 1 pack/step": ["--packing", "True", "--per_device_train_batch_size", "1"],
-        "packed, 3 packs/step (one row)": ["--packing", "True"],
+        "packed, 3 packs/step (default: sdpa_varlen)": ["--packing", "True"],
+        "packed, 1 pack/step (sdpa_varlen)": ["--packing", "True", "--per_device_train_batch_size", "1"],
+        "packed, 3 packs/step (sdpa, block-diagonal mask)": [
+            "--packing",
+            "True",
+            "--attn_implementation",
+            "sdpa",
+        ],
         "pad-to-max (original)": ["--packing", "False", "--padding", "max_length"],
         "pad-to-longest": ["--packing", "False", "--padding", "longest"],
     }
     results = {}
     for name, flags in modes.items():
         t0 = time.perf_counter()
-        s = train_run(["--model_name_or_path", str(model), "--train_path", str(data), "--output_dir", str(tmp / "o"),
-                       "--num_train_epochs", "1", "--per_device_train_batch_size", str(a.batch_size),
-                       "--model_max_length", str(a.max_length), "--report_to", "none", "--save_strategy", "no",
-                       "--logging_steps", "1000", "--disable_tqdm", "True", "--data_cache_dir", str(tmp / "cache"),
-                       "--seed", "0", "--attn_implementation", "sdpa", *flags])
+        s = train_run(
+            [
+                "--model_name_or_path",
+                str(model),
+                "--train_path",
+                str(data),
+                "--output_dir",
+                str(tmp / "o"),
+                "--num_train_epochs",
+                "1",
+                "--per_device_train_batch_size",
+                str(a.batch_size),
+                "--model_max_length",
+                str(a.max_length),
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+                "--logging_steps",
+                "1000",
+                "--disable_tqdm",
+                "True",
+                "--data_cache_dir",
+                str(tmp / "cache"),
+                "--seed",
+                "0",
+                *flags,
+            ]
+        )
         logging.getLogger().setLevel(logging.WARNING)
-        results[name] = {"steps": s["global_step"], "train_tokens": s["train_tokens"],
-                         "tokens_per_second": s["tokens_per_second"], "wall_s": time.perf_counter() - t0}
-    print(f"\nData: {data_name}; model: tiny llama 4x256, max_length {a.max_length}, batch {a.batch_size}, CPU\n")
+        results[name] = {
+            "steps": s["global_step"],
+            "train_tokens": s["train_tokens"],
+            "tokens_per_second": s["tokens_per_second"],
+            "wall_s": time.perf_counter() - t0,
+        }
+    print(
+        f"\nData: {data_name}; model: tiny llama 4x256, max_length {a.max_length}, batch {a.batch_size}, CPU\n"
+    )
     print("| mode | steps | real tokens | real tokens/s | vs pad-to-max | vs pad-to-longest |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['steps']} | {r['train_tokens']} | {r['tokens_per_second']:.0f} | "
-              f"{r['tokens_per_second'] / results['pad-to-max (original)']['tokens_per_second']:.2f}x | "
-              f"{r['tokens_per_second'] / results['pad-to-longest']['tokens_per_second']:.2f}x |")
+        print(
+            f"| {name} | {r['steps']} | {r['train_tokens']} | {r['tokens_per_second']:.0f} | "
+            f"{r['tokens_per_second'] / results['pad-to-max (original)']['tokens_per_second']:.2f}x | "
+            f"{r['tokens_per_second'] / results['pad-to-longest']['tokens_per_second']:.2f}x |"
+        )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"data": data_name, "args": vars(a), "results": results}, indent=2))
 

@@ -10,9 +10,15 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("qa_train.train", "Fine-tune (full / LoRA / QLoRA, packed, DeepSpeed) — flags as the original README"),
+    "train": (
+        "qa_train.train",
+        "Fine-tune (full / LoRA / QLoRA, packed, DeepSpeed) — flags as the original README",
+    ),
     "merge": ("qa_train.merge", "Merge a LoRA/QLoRA adapter into its base model"),
-    "eval": ("qa_train.evaluate.cli", "HotpotQA evaluation with the batched multi-hop agent loop (hf | vllm)"),
+    "eval": (
+        "qa_train.evaluate.cli",
+        "HotpotQA evaluation with the batched multi-hop agent loop (hf | vllm)",
+    ),
     "convert-hotpot": ("qa_train.data.hotpot", "Convert HotpotQA records into QA Expert training records"),
     "make-tiny-model": ("qa_train.tiny_model_cli", "Save a tiny random model + locally trained tokenizer"),
     "sync": ("qa_train.sync.cli", "List / push / pull checkpoints in S3-compatible object storage"),

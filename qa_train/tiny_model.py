@@ -31,7 +31,11 @@ def _record_texts(path: Path) -> Iterator[str]:
     from qa_train.data.records import record_to_messages
 
     raw = path.read_text(encoding="utf-8")
-    records = json.loads(raw) if raw.lstrip().startswith("[") else [json.loads(x) for x in raw.splitlines() if x.strip()]
+    records = (
+        json.loads(raw)
+        if raw.lstrip().startswith("[")
+        else [json.loads(x) for x in raw.splitlines() if x.strip()]
+    )
     for rec in records:
         if "sub_questions" in rec:
             yield render_prompt(record_to_messages(rec))
@@ -58,7 +62,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_leng
     tok.train_from_iterator(list(texts), trainer=trainer)
     bos_id = tok.token_to_id(BASE_SPECIAL["bos"])
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BASE_SPECIAL['bos']} $A", pair=f"{BASE_SPECIAL['bos']} $A $B", special_tokens=[(BASE_SPECIAL["bos"], bos_id)]
+        single=f"{BASE_SPECIAL['bos']} $A",
+        pair=f"{BASE_SPECIAL['bos']} $A $B",
+        special_tokens=[(BASE_SPECIAL["bos"], bos_id)],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -70,7 +76,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_leng
     )
 
 
-def tiny_config(arch: str, vocab_size: int, hidden_size: int = 64, num_layers: int = 2, max_positions: int = 2048):
+def tiny_config(
+    arch: str, vocab_size: int, hidden_size: int = 64, num_layers: int = 2, max_positions: int = 2048
+):
     from transformers import AutoConfig
 
     if arch not in ARCHS:

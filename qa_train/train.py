@@ -27,8 +27,11 @@ def _setup_logging(training_args: Any) -> None:
 
     level = logging.INFO if training_args.should_log else logging.WARNING
     logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-        level=level, stream=sys.stdout, force=True,
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        level=level,
+        stream=sys.stdout,
+        force=True,
     )
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_explicit_format()
@@ -45,14 +48,23 @@ def _check_flags(model_args: Any, data_args: Any, training_args: Any) -> None:
             try:
                 cfg = json.loads(Path(cfg).read_text())
             except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"--deepspeed {training_args.deepspeed}: cannot read config ({exc})") from exc
+                raise ConfigError(
+                    f"--deepspeed {training_args.deepspeed}: cannot read config ({exc})"
+                ) from exc
         if int(cfg.get("zero_optimization", {}).get("stage", 0)) == 3:
-            raise ConfigError("QLoRA (4-bit base) cannot be sharded with DeepSpeed ZeRO-3; use ZeRO-2 or no DeepSpeed")
+            raise ConfigError(
+                "QLoRA (4-bit base) cannot be sharded with DeepSpeed ZeRO-3; use ZeRO-2 or no DeepSpeed"
+            )
     if model_args.model_type and model_args.model_type not in MODEL_TYPES:
-        logger.warning("--model_type %s is not one the original supported (%s); continuing with the config's type",
-                       model_args.model_type, ", ".join(MODEL_TYPES))
+        logger.warning(
+            "--model_type %s is not one the original supported (%s); continuing with the config's type",
+            model_args.model_type,
+            ", ".join(MODEL_TYPES),
+        )
     if data_args.packing_strategy not in ("bfd", "ffd", "next_fit"):
-        raise ConfigError(f"--packing_strategy must be bfd, ffd or next_fit, got {data_args.packing_strategy!r}")
+        raise ConfigError(
+            f"--packing_strategy must be bfd, ffd or next_fit, got {data_args.packing_strategy!r}"
+        )
     if data_args.padding not in ("longest", "max_length"):
         raise ConfigError(f"--padding must be longest or max_length, got {data_args.padding!r}")
     if training_args.do_train and not data_args.train_path:
@@ -66,16 +78,34 @@ def _load_data(path: str, tokenizer: Any, data_args: Any, training_args: Any, wh
     from qa_train.data.tokenize import load_tokenized
 
     data = load_tokenized(
-        path, tokenizer, training_args.model_max_length, data_args.data_cache_dir, data_args.truncation,
-        data_args.skip_invalid_records, training_args.main_process_first, training_args.process_index == 0,
+        path,
+        tokenizer,
+        training_args.model_max_length,
+        data_args.data_cache_dir,
+        data_args.truncation,
+        data_args.skip_invalid_records,
+        training_args.main_process_first,
+        training_args.process_index == 0,
     )
     s = data.stats
-    logger.info("%s data %s: %d records, %d kept, %d truncated, %d dropped (all labels masked), %d invalid skipped, "
-                "%d tokens (%d with loss)", what, path, s.records, s.kept, s.truncated, s.dropped_all_masked,
-                s.skipped_invalid, s.tokens, s.label_tokens)
+    logger.info(
+        "%s data %s: %d records, %d kept, %d truncated, %d dropped (all labels masked), %d invalid skipped, "
+        "%d tokens (%d with loss)",
+        what,
+        path,
+        s.records,
+        s.kept,
+        s.truncated,
+        s.dropped_all_masked,
+        s.skipped_invalid,
+        s.tokens,
+        s.label_tokens,
+    )
     if len(data) == 0:
-        raise DataError(f"{path}: no usable {what} records ({s.records} read, {s.dropped_all_masked} without any "
-                        f"loss token after truncation, {s.skipped_invalid} invalid)")
+        raise DataError(
+            f"{path}: no usable {what} records ({s.records} read, {s.dropped_all_masked} without any "
+            f"loss token after truncation, {s.skipped_invalid} invalid)"
+        )
     return data
 
 
@@ -117,8 +147,12 @@ def load_model(model_args: Any, data_args: Any, training_args: Any, tokenizer: A
     config = load_config(model_args.model_name_or_path, training_args.model_max_length)
     detected = config.model_type
     if model_args.model_type and model_args.model_type != detected:
-        logger.warning("--model_type %s but the checkpoint is a %s model; using %s", model_args.model_type,
-                       detected, detected)
+        logger.warning(
+            "--model_type %s but the checkpoint is a %s model; using %s",
+            model_args.model_type,
+            detected,
+            detected,
+        )
     attn = resolve_attn_implementation(model_args.attn_implementation, data_args.packing)
     dtype = _torch_dtype(training_args)
     kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "attn_implementation": attn}
@@ -126,13 +160,21 @@ def load_model(model_args: Any, data_args: Any, training_args: Any, tokenizer: A
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype if dtype != torch.float16 else torch.float32,
         )
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    logger.info("Loading %s (%s, attn=%s, dtype=%s%s)", model_args.model_name_or_path, detected, attn, dtype,
-                ", 4-bit nf4" if training_args.qlora else "")
+    logger.info(
+        "Loading %s (%s, attn=%s, dtype=%s%s)",
+        model_args.model_name_or_path,
+        detected,
+        attn,
+        dtype,
+        ", 4-bit nf4" if training_args.qlora else "",
+    )
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     resize_embeddings(model, tokenizer)
     model.config.use_cache = False
@@ -145,19 +187,34 @@ def _wrap_lora(model: Any, training_args: Any) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if training_args.qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=training_args.gradient_checkpointing
+        )
     elif training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     embed_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()).split(".")[-1]
     head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()).split(".")[-1]
     config = LoraConfig(
-        r=training_args.lora_r, lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
-        target_modules="all-linear", modules_to_save=[embed_name, head_name], bias="none", task_type="CAUSAL_LM",
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        lora_dropout=training_args.lora_dropout,
+        target_modules="all-linear",
+        modules_to_save=[embed_name, head_name],
+        bias="none",
+        task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()
-    logger.info("LoRA r=%d alpha=%d: %d trainable / %d parameters (%.2f%%; %s and %s trained in full)",
-                config.r, config.lora_alpha, trainable, total, 100 * trainable / total, embed_name, head_name)
+    logger.info(
+        "LoRA r=%d alpha=%d: %d trainable / %d parameters (%.2f%%; %s and %s trained in full)",
+        config.r,
+        config.lora_alpha,
+        trainable,
+        total,
+        100 * trainable / total,
+        embed_name,
+        head_name,
+    )
     return model
 
 
@@ -189,14 +246,22 @@ def run(argv: list[str]) -> dict[str, Any]:
     train_ds, pack_stats = (None, None)
     if train_data is not None:
         train_ds, pack_stats = _as_dataset(train_data, data_args.packing, max_len, data_args.packing_strategy)
-    eval_ds = _as_dataset(eval_data, data_args.packing, max_len, data_args.packing_strategy)[0] if eval_data else None
+    eval_ds = (
+        _as_dataset(eval_data, data_args.packing, max_len, data_args.packing_strategy)[0]
+        if eval_data
+        else None
+    )
 
     session = start_sync(sync_args, training_args)  # checks storage credentials before any training
     model = load_model(model_args, data_args, training_args, tokenizer)
     trainer = QATrainer(
-        model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
         data_collator=_collator(data_args.packing, tokenizer, data_args, max_len),
-        processing_class=tokenizer, callbacks=list(session.callbacks),
+        processing_class=tokenizer,
+        callbacks=list(session.callbacks),
     )
     output_dir = Path(training_args.output_dir)
     summary: dict[str, Any] = {
@@ -207,21 +272,31 @@ def run(argv: list[str]) -> dict[str, Any]:
         "num_packs": pack_stats.packs if pack_stats else None,
         "lower_bound_packs": pack_stats.lower_bound if pack_stats else None,
         "packing_efficiency": pack_stats.efficiency if pack_stats else None,
-        "train_tokens": 0, "tokens_per_second": None, "train_loss": None, "eval_loss": None,
-        "global_step": 0, "resumed_from": session.resumed_from,
+        "train_tokens": 0,
+        "tokens_per_second": None,
+        "train_loss": None,
+        "eval_loss": None,
+        "global_step": 0,
+        "resumed_from": session.resumed_from,
     }
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=session.resume_from)
         trainer.save_model(str(output_dir))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(output_dir))
-            trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # loss history for users and tests
+            trainer.state.save_to_json(
+                str(output_dir / "trainer_state.json")
+            )  # loss history for users and tests
         tokens = torch.tensor(float(trainer.real_tokens_seen), device=training_args.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(tokens)
         runtime = result.metrics.get("train_runtime") or float("nan")
-        summary.update(train_tokens=int(tokens.item()), tokens_per_second=tokens.item() / runtime if runtime else None,
-                       train_loss=result.training_loss, global_step=trainer.state.global_step)
+        summary.update(
+            train_tokens=int(tokens.item()),
+            tokens_per_second=tokens.item() / runtime if runtime else None,
+            train_loss=result.training_loss,
+            global_step=trainer.state.global_step,
+        )
     if training_args.do_eval:
         metrics = trainer.evaluate()
         summary["eval_loss"] = metrics.get("eval_loss")

@@ -29,7 +29,9 @@ class QATrainer(Trainer):
         self.real_tokens_seen = 0
         self._eval_sums = torch.zeros(2, dtype=torch.float64)
 
-    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    def training_step(
+        self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         mask = inputs.get("attention_mask")
         self.real_tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         return super().training_step(model, inputs, num_items_in_batch)
@@ -49,10 +51,18 @@ class QATrainer(Trainer):
         self._eval_sums += torch.stack([loss_sum.detach().double().cpu(), n.double().cpu()])
         return (loss_sum / n.clamp(min=1)).detach(), None, None
 
-    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
-                        ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Any:
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: Any = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
         self._eval_sums = torch.zeros(2, dtype=torch.float64)
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
         device = self.args.device if torch.distributed.is_initialized() else torch.device("cpu")
         sums = _all_reduce_sum(self._eval_sums.to(device)).cpu()
         if sums[1] > 0:

@@ -39,7 +39,9 @@ def make_records(n: int, seed: int = 0, min_words: int = 8, max_words: int = 60)
                 {
                     "question": _sentence(rng, rng.randint(4, 10))[:-1] + "?",
                     "answer": rng.choice(_WORDS),
-                    "paragraph": " ".join(_sentence(rng, rng.randint(min_words, max_words)) for _ in range(2)),
+                    "paragraph": " ".join(
+                        _sentence(rng, rng.randint(min_words, max_words)) for _ in range(2)
+                    ),
                     "long_answer": _sentence(rng, rng.randint(5, 15)) + "\nAnswer: " + rng.choice(_WORDS),
                 }
             )

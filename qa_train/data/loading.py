@@ -24,7 +24,9 @@ def _load_json_text(path: Path) -> list[Any]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+            raise DataError(
+                f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from exc
         return data
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -33,7 +35,9 @@ def _load_json_text(path: Path) -> list[Any]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: malformed JSON on line {lineno}: {exc.msg} (expected a JSON list or JSONL)") from exc
+            raise DataError(
+                f"{path}: malformed JSON on line {lineno}: {exc.msg} (expected a JSON list or JSONL)"
+            ) from exc
     return records
 
 

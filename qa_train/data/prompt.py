@@ -58,7 +58,10 @@ class Message:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.function_call is not None:
-            out["function_call"] = {"name": self.function_call.name, "arguments": self.function_call.arguments}
+            out["function_call"] = {
+                "name": self.function_call.name,
+                "arguments": self.function_call.arguments,
+            }
         return out
 
     @classmethod

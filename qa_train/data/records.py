@@ -25,7 +25,9 @@ def _require_str(rec: dict[str, Any], key: str, where: str, source: str, index: 
         raise RecordError(source, index, where + key, "missing")
     value = rec[key]
     if not isinstance(value, str) or not value.strip():
-        raise RecordError(source, index, where + key, f"expected a non-empty string, got {type(value).__name__}")
+        raise RecordError(
+            source, index, where + key, f"expected a non-empty string, got {type(value).__name__}"
+        )
     return value
 
 

@@ -56,7 +56,9 @@ class TokenizedData:
         return [len(x) for x in self.input_ids]
 
 
-def labels_from_offsets(input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+def labels_from_offsets(
+    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
     """Copy ids whose token starts inside one of the [start, end) spans; everything else is IGNORE_INDEX."""
     ids = np.asarray(input_ids, dtype=np.int64)
     if not spans or ids.size == 0:
@@ -98,7 +100,9 @@ def tokenize_records(
         texts.append(rendered.text)
         spans.append(rendered.loss_spans)
         indices.append(i)
-    bar = tqdm(total=len(texts), desc=f"Tokenizing {Path(source).name}", unit="rec", disable=not show_progress)
+    bar = tqdm(
+        total=len(texts), desc=f"Tokenizing {Path(source).name}", unit="rec", disable=not show_progress
+    )
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(
             texts[start : start + batch_size],
@@ -129,10 +133,15 @@ def tokenize_records(
     bar.close()
     stats.kept = len(out.input_ids)
     if stats.dropped_all_masked:
-        logger.warning("%s: dropped %d records whose labels were all masked after truncation", source,
-                       stats.dropped_all_masked)
+        logger.warning(
+            "%s: dropped %d records whose labels were all masked after truncation",
+            source,
+            stats.dropped_all_masked,
+        )
     if stats.skipped_invalid:
-        logger.warning("%s: skipped %d invalid records (--skip_invalid_records)", source, stats.skipped_invalid)
+        logger.warning(
+            "%s: skipped %d invalid records (--skip_invalid_records)", source, stats.skipped_invalid
+        )
     return out
 
 
@@ -158,7 +167,9 @@ def save_cache(path: Path, data: TokenizedData) -> None:
     flat_labels = np.fromiter((t for s in data.labels for t in s), dtype=np.int64, count=int(lengths.sum()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, lengths=lengths, input_ids=flat_ids, labels=flat_labels, stats=json.dumps(asdict(data.stats)))
+    np.savez(
+        tmp, lengths=lengths, input_ids=flat_ids, labels=flat_labels, stats=json.dumps(asdict(data.stats))
+    )
     os.replace(tmp, path)
 
 
@@ -205,8 +216,9 @@ def load_tokenized(
             logger.info("Loading tokenized %s from cache %s", source, path)
             return load_cache(path)
         records, name = load_records(source)
-        data = tokenize_records(records, tokenizer, max_length, name, truncation, skip_invalid,
-                                show_progress=is_main_process)
+        data = tokenize_records(
+            records, tokenizer, max_length, name, truncation, skip_invalid, show_progress=is_main_process
+        )
         if is_main_process:
             try:
                 save_cache(path, data)
