@@ -312,16 +312,22 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    """Exit 0 on success; 2 with one ``error:`` line for bad input/flags; 3 when object storage fails."""
     from qa_train.data.loading import DataError
     from qa_train.data.records import RecordError
     from qa_train.data.tokenize import SampleTooLongError
+    from qa_train.sync import SyncError
 
     try:
         run(argv)
     except (DataError, RecordError, SampleTooLongError, ConfigError) as exc:
-        logging.getLogger("qa_train.train").error("%s", exc)
+        logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SyncError as exc:
+        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 
