@@ -156,6 +156,14 @@ def merge(
     base_ref = adapter_cfg.get("base_model_name_or_path")
     if base_ref and Path(str(base_ref)).name != Path(pretrained_path).name:
         logger.warning("adapter was trained on %r; merging into %r", base_ref, pretrained_path)
+    ref_cfg = Path(str(base_ref)) / "config.json" if base_ref else None
+    if ref_cfg is not None and ref_cfg.is_file():  # the training base is reachable: its type must match
+        ref_type = json.loads(ref_cfg.read_text(encoding="utf-8")).get("model_type")
+        if ref_type and ref_type != base_cfg.model_type:
+            raise MergeError(
+                f"{checkpoint}: adapter was trained on a {ref_type!r} model ({base_ref}) but {pretrained_path} "
+                f"is a {base_cfg.model_type!r} model"
+            )
 
     max_len = model_max_length or _saved_model_max_length(checkpoint)
     tokenizer = load_tokenizer(pretrained_path, model_max_length=max_len)

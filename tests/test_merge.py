@@ -167,6 +167,15 @@ def test_model_type_mismatch(tiny_llama: Path, lora_adapter: Path, tmp_path: Pat
     assert "is a 'llama' model" in capsys.readouterr().err
 
 
+def test_adapter_trained_on_other_model_type(
+    tiny_mistral: Path, lora_adapter: Path, tmp_path: Path, capsys
+) -> None:
+    # same tokenizer, vocab and module names: only the recorded training base tells them apart
+    assert _run_merge(tmp_path, tiny_mistral, lora_adapter) == 2
+    assert "trained on a 'llama' model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_vocab_mismatch(tiny_llama: Path, lora_adapter: Path, tmp_path: Path, capsys) -> None:
     from qa_train.tiny_model import make_tiny_model
 
