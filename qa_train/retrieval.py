@@ -22,14 +22,26 @@ class RetrieverUnavailable(RuntimeError):
     """The requested retriever cannot run here (missing package or model)."""
 
 
-def create_paragraph(title: str, sentences: Sequence[str]) -> str:
-    """Sentences then the title, joined with ``". "`` — the original's paragraph text."""
-    return ". ".join([*sentences, title])
+PARAGRAPH_STYLES = ("title_first", "original")
 
 
-def paragraphs_from_context(context: Sequence[Sequence[Any]]) -> list[str]:
+def create_paragraph(title: str, sentences: Sequence[str], style: str = "title_first") -> str:
+    """Paragraph text of one HotpotQA context entry.
+
+    ``title_first`` (default): ``"Title. sentence sentence"`` — the shape of the training paragraphs (QA Expert
+    data and ``convert-hotpot``), so the model sees at evaluation what it saw in training. ``original``: the
+    original eval script's ``". ".join(sentences + [title])`` (sentences first, doubled periods), for comparison.
+    """
+    if style == "title_first":
+        return f"{title}. {' '.join(''.join(sentences).split())}".strip()
+    if style == "original":
+        return ". ".join([*sentences, title])
+    raise ValueError(f"paragraph style must be one of {', '.join(PARAGRAPH_STYLES)}, got {style!r}")
+
+
+def paragraphs_from_context(context: Sequence[Sequence[Any]], style: str = "title_first") -> list[str]:
     """HotpotQA ``context`` (``[[title, [sentence, …]], …]``) → paragraph texts."""
-    return [create_paragraph(str(title), [str(s) for s in sents]) for title, sents in context]
+    return [create_paragraph(str(title), [str(s) for s in sents], style) for title, sents in context]
 
 
 def _tokens(text: str) -> list[str]:

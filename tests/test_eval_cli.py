@@ -150,7 +150,9 @@ def test_e5_without_model_is_clear(tmp_path: Path, hotpot_file: Path, tiny_llama
 def test_bm25_retrieves_the_matching_paragraph() -> None:
     rec = make_hotpot(1, seed=5)[0]
     paragraphs = paragraphs_from_context(rec["context"])
-    assert paragraphs[0].endswith(". " + rec["context"][0][0])  # sentences then title, as the original
+    title, sents = rec["context"][0]
+    assert paragraphs[0] == f"{title}. " + " ".join("".join(sents).split())  # as the training paragraphs
+    assert paragraphs_from_context(rec["context"], "original")[0] == ". ".join([*sents, title])
     retriever = BM25Retriever(paragraphs, num_paragraphs=1)
     assert retriever(f"The answer is {rec['answer']} {rec['context'][0][0]}") == paragraphs[0]
     two = make_retriever_factory("bm25", num_paragraphs=2)(paragraphs)

@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retriever", default="bm25", choices=("bm25", "e5"))
     p.add_argument("--e5_model", default="intfloat/e5-base-v2", help="sentence-transformers model for e5")
     p.add_argument("--num_paragraphs", type=int, default=1, help="paragraphs returned per retrieve call")
+    p.add_argument(
+        "--paragraph_style",
+        default="title_first",
+        choices=("title_first", "original"),
+        help="title_first: 'Title. sentences' as in training data; original: the original eval script's text",
+    )
     p.add_argument("--max_new_tokens", type=int, default=512, help="tokens generated per assistant turn")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     p.add_argument("--sync_to", default=None, help="s3://bucket/prefix: also upload the outputs under eval/")
@@ -228,7 +234,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     examples = load_hotpot(args.hotpot_qa_dev_path, args.limit)
     logger.info("Loaded %d questions from %s", len(examples), args.hotpot_qa_dev_path)
     factory = make_retriever_factory(args.retriever, args.num_paragraphs, args.e5_model)
-    retrievers = [factory(paragraphs_from_context(ex.context)) for ex in examples]
+    retrievers = [factory(paragraphs_from_context(ex.context, args.paragraph_style)) for ex in examples]
     backend = make_backend(args.inference_type, args.model_path, args.max_new_tokens, args.dtype)
 
     stats = AgentStats()
@@ -264,6 +270,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "max_hops": args.max_hops,
             "retriever": args.retriever,
             "num_paragraphs": args.num_paragraphs,
+            "paragraph_style": args.paragraph_style,
             "max_new_tokens": args.max_new_tokens,
         }
     )
