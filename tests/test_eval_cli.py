@@ -106,6 +106,8 @@ def _bad(tmp_path: Path, name: str, content: str) -> Path:
          ["record 1", "_id=q1", "context[0]"]),
         (json.dumps([{"question": 3, "answer": "a", "context": [["t", ["s"]]]}]), ["record 0", "'question'"]),
         ("{\"question\": \"q\"}\nnot json\n", ["line 2"]),
+        ("[]", ["no records"]),
+        ("{\"data\": []}", ["record 0", "'question'", "missing"]),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_clear_error(tmp_path: Path, content, needles, capsys) -> None:
@@ -125,6 +127,12 @@ def test_stale_summary_removed_on_failure(tmp_path: Path, capsys) -> None:
     summary_path_for(save).write_text("{}")
     assert _eval(tmp_path / "no-model", tmp_path / "missing.json", save) == 2
     assert not summary_path_for(save).exists()
+
+
+def test_missing_model_is_clear(tmp_path: Path, hotpot_file: Path, capsys) -> None:
+    assert _eval(tmp_path / "no-model", hotpot_file, tmp_path / "o.jsonl", "--limit", "1") == 2
+    assert "--model_path" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_vllm_missing_is_clear(tmp_path: Path, hotpot_file: Path, tiny_llama: Path, capsys) -> None:

@@ -121,6 +121,10 @@ def load_hotpot(path: str | Path, limit: int | None = None) -> list[HotpotExampl
                 data.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise EvalInputError(f"{path}: malformed JSON on line {lineno}: {exc.msg}") from exc
+    if not isinstance(data, list):
+        raise EvalInputError(f"{path}: expected a JSON list of HotpotQA records, got {type(data).__name__}")
+    if not data:
+        raise EvalInputError(f"{path}: no records")
     if limit is not None:
         data = data[:limit]
     return [validate_hotpot_record(rec, path, i) for i, rec in enumerate(data)]

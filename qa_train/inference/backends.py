@@ -151,7 +151,12 @@ class VLLMBackend:
 
 def make_backend(kind: str, model_path: str, max_new_tokens: int = 512, dtype: str = "auto") -> Any:
     if kind == "hf":
-        return HFBackend(model_path, max_new_tokens=max_new_tokens, dtype=dtype)
+        try:
+            return HFBackend(model_path, max_new_tokens=max_new_tokens, dtype=dtype)
+        except OSError as exc:  # missing folder / files, or a hub id that is not reachable
+            raise BackendUnavailable(
+                f"--model_path {model_path}: cannot load model or tokenizer ({exc})"
+            ) from exc
     if kind == "vllm":
         return VLLMBackend(model_path, max_new_tokens=max_new_tokens, dtype=dtype)
     raise ValueError(f"--inference_type must be one of {', '.join(BACKENDS)}, got {kind!r}")
