@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How much the CPU image's layer order saves: a cold build (no cache) vs a rebuild after a source-only edit.
 #
-# Works on a scratch copy of the build context (the edit never touches the repo). Needs the engine, the seeded
+# Classic builder (no buildx on these machines). Works on a scratch copy of the build context (the edit never touches the repo). Needs the engine, the seeded
 # base image and the wheelhouse (scripts/start-dockerd.sh, seed-base-image.sh, build-wheelhouse.sh).
 # Usage: bench/bench_container_build.sh [--skip-cold]    Prints one JSON line.
 set -euo pipefail
@@ -11,7 +11,7 @@ trap 'rm -rf "$ctx"; docker rmi -f qa-expert/bench-cpu:cold qa-expert/bench-cpu:
 # Same context docker would send (.dockerignore applies), wheels hard-linked.
 tar -C "$REPO" --exclude=.git --exclude=.venv --exclude=runs --exclude='__pycache__' -cf - . | tar -C "$ctx" -xf -
 build() {
-  DOCKER_BUILDKIT=1 docker build -q --network host -f "$ctx/docker/Dockerfile.cpu" \
+  DOCKER_BUILDKIT=0 docker build -q --network host -f "$ctx/docker/Dockerfile.cpu" \
     --build-arg BASE_IMAGE=qa-expert/base:bookworm --build-arg PIP_OFFLINE=1 "$@" "$ctx" >/dev/null
 }
 cold=null
