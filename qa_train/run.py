@@ -143,7 +143,14 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                    "--checkpoint", job.train_output_dir()]  # fmt: skip
             if job.model.model_type:
                 cmd += ["--model_type", job.model.model_type]
-            stages.append(Stage("merge", [cmd], [None]))
+            merge_cmds = [cmd]
+            if job.sync:  # the merged model lands beside the checkpoints: <target>/<run_name>/merged/
+                push = [*py, "sync"]
+                if job.sync.endpoint_url:
+                    push += ["--endpoint_url", job.sync.endpoint_url]
+                dest = f"{job.sync.target.rstrip('/')}/{job.run_name}/merged"
+                merge_cmds.append([*push, "push", job.merged_dir(), dest, "--no_progress"])
+            stages.append(Stage("merge", merge_cmds, [None] * len(merge_cmds)))
         elif name == "eval":
             if job.use_lora:
                 model_path = job.merged_dir()

@@ -66,6 +66,9 @@ def test_lora_job_merges_the_train_output_then_evaluates_the_merge():
     assert (_opt(m, "--save_folder"), _opt(m, "--pretrained_path"), _opt(m, "--checkpoint")) == (
         "/runs/r/merged", "mistralai/Mistral-7B-v0.1", "/runs/r/model")  # fmt: skip
     assert _opt(ev.commands[0], "--model_path") == "/runs/r/merged" and _opt(ev.commands[0], "--limit") == "8"
+    push = merge.commands[1]  # the merged model lands in object storage beside the checkpoints
+    assert push[1:4] == ["-m", "qa_train", "sync"] and _opt(push, "--endpoint_url") == "http://s3:8333"
+    assert push[push.index("push") + 1 :][:2] == ["/runs/r/merged", "s3://bkt/runs/r/merged"]
 
 
 def run_cli(args: list[str], env_extra: dict[str, str] | None = None, timeout: int = 300):
