@@ -7,7 +7,7 @@ Same data, one epoch each. Padded modes use a per-device batch of 3 samples (as 
   packed (sdpa)         — the same rows through stock sdpa: one block-diagonal mask over the whole row
   pad-to-max            — the original qa_expert path: every sample padded to model_max_length
   pad-to-longest        — dynamic padding to the longest sample of each batch
-Tokens/s counts real (non-pad) tokens only. Data: synthetic QA Expert records (tests/conftest.make_records), or
+Tokens/s counts real (non-pad) tokens only; each mode runs --repeats times (interleaved), the best counts. Data: synthetic QA Expert records (tests/conftest.make_records), or
 ``--data hotpot`` for the converted shared HotpotQA sample. Run: python bench/bench_throughput.py
 """
 
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--data", choices=("synthetic", "hotpot"), default="synthetic")
     ap.add_argument("--max_length", type=int, default=2048)
     ap.add_argument("--batch_size", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per mode; the best is reported")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "throughput.json"))
     a = ap.parse_args()
 
@@ -77,48 +78,30 @@ def main() -> None:
         "pad-to-max (original)": ["--packing", "False", "--padding", "max_length"],
         "pad-to-longest": ["--packing", "False", "--padding", "longest"],
     }
-    results = {}
-    for name, flags in modes.items():
+
+    def once(flags: list[str], extra: tuple[str, ...] = ()) -> dict:
         t0 = time.perf_counter()
-        s = train_run(
-            [
-                "--model_name_or_path",
-                str(model),
-                "--train_path",
-                str(data),
-                "--output_dir",
-                str(tmp / "o"),
-                "--num_train_epochs",
-                "1",
-                "--per_device_train_batch_size",
-                str(a.batch_size),
-                "--model_max_length",
-                str(a.max_length),
-                "--report_to",
-                "none",
-                "--save_strategy",
-                "no",
-                "--logging_steps",
-                "1000",
-                "--disable_tqdm",
-                "True",
-                "--data_cache_dir",
-                str(tmp / "cache"),
-                "--seed",
-                "0",
-                *flags,
-            ]
-        )
+        argv = ["--model_name_or_path", str(model), "--train_path", str(data), "--output_dir", str(tmp / "o"),
+                "--num_train_epochs", "1", "--per_device_train_batch_size", str(a.batch_size),
+                "--model_max_length", str(a.max_length), "--report_to", "none", "--save_strategy", "no",
+                "--logging_steps", "1000", "--disable_tqdm", "True", "--data_cache_dir", str(tmp / "cache"),
+                "--seed", "0", *flags, *extra]  # fmt: skip
+        s = train_run(argv)
         logging.getLogger().setLevel(logging.WARNING)
-        results[name] = {
-            "steps": s["global_step"],
-            "train_tokens": s["train_tokens"],
-            "tokens_per_second": s["tokens_per_second"],
-            "wall_s": time.perf_counter() - t0,
-        }
-    print(
-        f"\nData: {data_name}; model: tiny llama 4x256, max_length {a.max_length}, batch {a.batch_size}, CPU\n"
-    )
+        return {"steps": s["global_step"], "train_tokens": s["train_tokens"],
+                "tokens_per_second": s["tokens_per_second"], "wall_s": time.perf_counter() - t0}  # fmt: skip
+
+    once(["--packing", "True"], ("--max_steps", "2"))  # warm-up: thread pools, allocator, tokenization cache
+    results: dict[str, dict] = {}
+    for _ in range(
+        a.repeats
+    ):  # modes interleaved, best of N: load on a shared machine hits all of them alike
+        for name, flags in modes.items():
+            r = once(flags)
+            if name not in results or r["tokens_per_second"] > results[name]["tokens_per_second"]:
+                results[name] = r
+    print(f"\nData: {data_name}; model: tiny llama 4x256, max_length {a.max_length}, batch {a.batch_size}, CPU, "
+          f"best of {a.repeats}\n")  # fmt: skip
     print("| mode | steps | real tokens | real tokens/s | vs pad-to-max | vs pad-to-longest |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
