@@ -236,6 +236,9 @@ def run(argv: list[str]) -> dict[str, Any]:
     model_args, data_args, training_args, sync_args = parse_train_args(argv)
     _setup_logging(training_args)
     _check_flags(model_args, data_args, training_args)
+    # Storage credentials and the resume point are settled first: a typo in a key fails in seconds, not after
+    # tokenizing the data set.
+    session = start_sync(sync_args, training_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.model_max_length)
     max_len = training_args.model_max_length
     train_data = eval_data = None
@@ -252,7 +255,6 @@ def run(argv: list[str]) -> dict[str, Any]:
         else None
     )
 
-    session = start_sync(sync_args, training_args)  # checks storage credentials before any training
     model = load_model(model_args, data_args, training_args, tokenizer)
     trainer = QATrainer(
         model=model,
