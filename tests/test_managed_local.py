@@ -26,7 +26,7 @@ from launch.registry import Registry
 REPO = Path(__file__).resolve().parent.parent
 BASE = "qa-expert/base:bookworm"
 DEFAULT_TAG = "qa-expert/train-cpu:latest"  # compose.yaml's tag for docker/Dockerfile.cpu
-MAX_STEPS = 12
+MAX_STEPS = 120  # long enough (tens of seconds) that the kill lands before the end, even on a fast machine
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
