@@ -93,7 +93,12 @@ def create_bucket(filer: str, name: str, deadline: float) -> None:
             req = urllib.request.Request(f"{filer}/buckets/{name}/", method="POST")
             urllib.request.urlopen(req, timeout=5).close()
             return
-        except (urllib.error.HTTPError, OSError) as e:  # filer may still be joining the master
+        except urllib.error.HTTPError as e:
+            if e.code == 409:  # kept from an earlier start (persistent volume): nothing to do
+                return
+            last = e
+            time.sleep(0.5)
+        except OSError as e:  # filer may still be joining the master
             last = e
             time.sleep(0.5)
     raise SystemExit(f"error: could not create bucket {name!r}: {last}")
