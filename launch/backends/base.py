@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from launch.gpus import GpuProfile
+from launch.gpus import GpuProfile, get_profile
 from qa_train.spec import RenderedSpec
 
 STATES = ("PENDING", "RUNNING", "EXITED", "STOPPED", "FAILED", "GONE")
@@ -104,6 +104,53 @@ class Backend(ABC):
 
         ``on_created`` is called as soon as an instance exists so the caller can record it in the registry.
         """
+
+    def _create_from_offers(
+        self,
+        spec: RenderedSpec,
+        secret_values: dict[str, str],
+        *,
+        interruptible: bool,
+        max_price: float | None,
+        on_created: Callable[[Instance], None] | None,
+        offers: list[Offer] | None,
+        max_offers: int | None = None,
+        max_failed_launches: int = 2,
+    ) -> Instance:
+        """Cloud create: the cheapest offer first; no capacity → the next one; a launch that failed (instance
+        already destroyed by ``_create_one``) counts, and after ``max_failed_launches`` of them we give up."""
+        profile = get_profile(spec.gpu.profile)
+        if offers is None:
+            offers = self.offers(profile, spec.gpu.count, interruptible=interruptible, max_price=max_price,
+                                 disk_gb=spec.disk_gb)  # fmt: skip
+        if not offers:
+            raise LaunchFailed(
+                f"{self.name}: no offers for {spec.gpu.count}x {profile.display}"
+                + (f" under ${max_price}/h" if max_price else "")
+            )
+        env = container_env(spec, secret_values)
+        reasons: list[str] = []
+        failed = 0
+        for offer in offers[:max_offers]:
+            try:
+                return self._create_one(spec, env, offer, on_created)
+            except NoCapacity as e:
+                reasons.append(f"offer {offer.offer_id}: {e}")
+            except BackendError as e:
+                reasons.append(f"offer {offer.offer_id}: {e}")
+                failed += 1
+                if failed >= max_failed_launches:
+                    break
+        raise LaunchFailed(f"{self.name}: launch failed; nothing left running. " + " | ".join(reasons))
+
+    def _create_one(
+        self,
+        spec: RenderedSpec,
+        env: dict[str, str],
+        offer: Offer,
+        on_created: Callable[[Instance], None] | None,
+    ) -> Instance:
+        raise NotImplementedError(f"{self.name} does not create from offers")
 
     @abstractmethod
     def status(self, instance_id: str) -> Status: ...

@@ -19,14 +19,12 @@ from launch.backends.base import (
     Backend,
     BackendError,
     Instance,
-    LaunchFailed,
     NoCapacity,
     Offer,
     Status,
-    container_env,
     wait_ready,
 )
-from launch.gpus import GpuProfile, get_profile
+from launch.gpus import GpuProfile
 from launch.http import ApiError, HttpClient, error_message
 from qa_train.spec import RenderedSpec
 
@@ -187,34 +185,10 @@ class RunpodBackend(Backend):
         on_created: Callable[[Instance], None] | None = None,
         offers: list[Offer] | None = None,
     ) -> Instance:
-        profile = get_profile(spec.gpu.profile)
-        if offers is None:
-            offers = self.offers(
-                profile,
-                spec.gpu.count,
-                interruptible=interruptible,
-                max_price=max_price,
-                disk_gb=spec.disk_gb,
-            )
-        if not offers:
-            raise LaunchFailed(
-                f"runpod: no offers for {spec.gpu.count}x {profile.display}"
-                + (f" under ${max_price}/h" if max_price else "")
-            )
-        env = container_env(spec, secret_values)
-        reasons: list[str] = []
-        failed = 0
-        for offer in offers:
-            try:
-                return self._create_one(spec, env, offer, on_created)
-            except NoCapacity as e:
-                reasons.append(f"{offer.offer_id}: {e}")
-            except BackendError as e:
-                reasons.append(f"{offer.offer_id}: {e}")
-                failed += 1
-                if failed >= self.max_failed_launches:
-                    break
-        raise LaunchFailed("runpod: launch failed; nothing left running. " + " | ".join(reasons))
+        return self._create_from_offers(
+            spec, secret_values, interruptible=interruptible, max_price=max_price, on_created=on_created,
+            offers=offers, max_failed_launches=self.max_failed_launches,
+        )  # fmt: skip
 
     def _create_one(
         self,

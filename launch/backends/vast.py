@@ -17,14 +17,12 @@ from launch.backends.base import (
     Backend,
     BackendError,
     Instance,
-    LaunchFailed,
     NoCapacity,
     Offer,
     Status,
-    container_env,
     wait_ready,
 )
-from launch.gpus import GpuProfile, get_profile
+from launch.gpus import GpuProfile
 from launch.http import ApiError, HttpClient, error_message
 from qa_train.spec import RenderedSpec
 
@@ -177,37 +175,10 @@ class VastBackend(Backend):
         on_created: Callable[[Instance], None] | None = None,
         offers: list[Offer] | None = None,
     ) -> Instance:
-        profile = get_profile(spec.gpu.profile)
-        if offers is None:
-            offers = self.offers(
-                profile,
-                spec.gpu.count,
-                interruptible=interruptible,
-                max_price=max_price,
-                disk_gb=spec.disk_gb,
-            )
-        if not offers:
-            raise LaunchFailed(
-                f"vast: no offers for {spec.gpu.count}x {profile.display}"
-                + (f" under ${max_price}/h" if max_price else "")
-            )
-        env = container_env(spec, secret_values)
-        reasons: list[str] = []
-        failed_launches = 0
-        for offer in offers[: self.max_offers]:
-            try:
-                inst = self._create_one(spec, env, offer, on_created)
-            except NoCapacity as e:
-                reasons.append(f"offer {offer.offer_id}: {e}")
-                continue
-            except BackendError as e:
-                reasons.append(f"offer {offer.offer_id}: {e}")
-                failed_launches += 1
-                if failed_launches >= self.max_failed_launches:
-                    break
-                continue
-            return inst
-        raise LaunchFailed("vast: launch failed; nothing left running. " + " | ".join(reasons))
+        return self._create_from_offers(
+            spec, secret_values, interruptible=interruptible, max_price=max_price, on_created=on_created,
+            offers=offers, max_offers=self.max_offers, max_failed_launches=self.max_failed_launches,
+        )  # fmt: skip
 
     def _create_one(
         self,
