@@ -24,7 +24,7 @@ SAMPLE = REPO.parent / "shared" / "data" / "hotpot_dev_distractor_v1_random_500.
 def load_questions(n: int, tmp: Path) -> tuple[Path, list[dict], str]:
     if SAMPLE.is_file():
         return SAMPLE, json.loads(SAMPLE.read_text())[:n], str(SAMPLE)
-    from tests.conftest import make_hotpot
+    from qa_train.data.synthetic import make_hotpot
 
     path = tmp / "hotpot.json"
     records = make_hotpot(n, seed=0)

@@ -7,7 +7,7 @@ Same data, one epoch each. Padded modes use a per-device batch of 3 samples (as 
   packed (sdpa)         — the same rows through stock sdpa: one block-diagonal mask over the whole row
   pad-to-max            — the original qa_expert path: every sample padded to model_max_length
   pad-to-longest        — dynamic padding to the longest sample of each batch
-Tokens/s counts real (non-pad) tokens only; each mode runs --repeats times (interleaved), the best counts. Data: synthetic QA Expert records (tests/conftest.make_records), or
+Tokens/s counts real (non-pad) tokens only; each mode runs --repeats times (interleaved), the best counts. Data: synthetic QA Expert records (qa_train/data/synthetic.py), or
 ``--data hotpot`` for the converted shared HotpotQA sample. Run: python bench/bench_throughput.py
 """
 
@@ -32,7 +32,7 @@ def _data(tmp: Path, n: int, kind: str) -> tuple[Path, str]:
         recs = convert(json.loads(SHARED_HOTPOT.read_text())[:n], str(SHARED_HOTPOT))[0]
         name = f"HotpotQA dev (shared), converted, first {n}"
     else:
-        from tests.conftest import make_records
+        from qa_train.data.synthetic import make_records
 
         recs, name = make_records(n, seed=0), f"synthetic records ({n})"
     path = tmp / "train.json"

@@ -4,80 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from qa_train.data.synthetic import make_hotpot, make_records  # noqa: F401 - re-exported for tests
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Fixture modules owned by other areas register here so every test file sees them.
 pytest_plugins = [p for p in ("tests.fixtures_s3",) if (REPO / (p.replace(".", "/") + ".py")).exists()]
-
-_WORDS = (
-    "river city state king queen film album band river mountain island war treaty president author novel "
-    "capital founded born died year century company league team season museum bridge university school"
-).split()
-
-
-def _sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + "."
-
-
-def make_records(n: int, seed: int = 0, min_words: int = 8, max_words: int = 60) -> list[dict]:
-    """Synthetic QA Expert records with varied lengths; half multi-hop."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        hops = 2 if i % 2 else 1
-        subs = []
-        for _ in range(hops):
-            subs.append(
-                {
-                    "question": _sentence(rng, rng.randint(4, 10))[:-1] + "?",
-                    "answer": rng.choice(_WORDS),
-                    "paragraph": " ".join(
-                        _sentence(rng, rng.randint(min_words, max_words)) for _ in range(2)
-                    ),
-                    "long_answer": _sentence(rng, rng.randint(5, 15)) + "\nAnswer: " + rng.choice(_WORDS),
-                }
-            )
-        out.append(
-            {
-                "question": _sentence(rng, rng.randint(5, 12))[:-1] + "?",
-                "answer": subs[-1]["answer"],
-                "multihop": hops > 1,
-                "sub_questions": subs,
-                "final_answer": _sentence(rng, rng.randint(5, 20)) + "\nAnswer: " + subs[-1]["answer"],
-            }
-        )
-    return out
-
-
-def make_hotpot(n: int, seed: int = 0) -> list[dict]:
-    """Synthetic HotpotQA dev-distractor records (bridge and comparison)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        titles = [f"{rng.choice(_WORDS).title()} {i}-{k}" for k in range(4)]
-        context = [[t, [_sentence(rng, rng.randint(6, 14)) + " " for _ in range(3)]] for t in titles]
-        answer = rng.choice(_WORDS)
-        context[0][1][1] = f"The answer is {answer}. "
-        out.append(
-            {
-                "_id": f"q{i}",
-                "question": f"What is the {rng.choice(_WORDS)} of {titles[0]}?",
-                "answer": answer,
-                "type": "bridge" if i % 2 else "comparison",
-                "level": "medium",
-                "supporting_facts": [[titles[0], 1], [titles[1], 0]] if i % 2 else [[titles[0], 1]],
-                "context": context,
-            }
-        )
-    return out
 
 
 @pytest.fixture(scope="session")
