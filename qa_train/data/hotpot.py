@@ -30,36 +30,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from qa_train.data.loading import read_json_records
 from qa_train.data.records import RecordError, validate_record
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUERY_TEMPLATE = "What does the knowledge say about {title}?"
-
-
-def _read_records(path: Path) -> list[Any]:
-    """A JSON list or JSONL; a syntax error names the file and the line."""
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise ValueError(f"{path}: file is empty")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        return data
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{path}: malformed JSON on line {lineno} (record {len(out)}): {e.msg}"
-                ) from None
-    return out
 
 
 def _str_field(rec: dict, key: str, source: str, index: int) -> str:
@@ -233,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --query-template must contain {title}", file=sys.stderr)
         return 2
     try:
-        records = _read_records(args.input)
+        records = read_json_records(args.input)
         if not isinstance(records, list):
             raise ValueError(f"{args.input}: expected a JSON list of records, got {type(records).__name__}")
         if args.limit is not None:

@@ -15,19 +15,22 @@ class DataError(ValueError):
     """Unusable input data; the message names the file and what is wrong."""
 
 
-def _load_json_text(path: Path) -> list[Any]:
+def read_json_records(path: Path) -> Any:
+    """A JSON document (normally a list) or JSONL, as parsed data; every reader of record files (training,
+    convert-hotpot, eval) goes through here so a syntax error always names the file and the line."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or directory")
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if not stripped:
         raise DataError(f"{path}: file is empty")
     if stripped[0] == "[":
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from exc
-        return data
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -36,7 +39,8 @@ def _load_json_text(path: Path) -> list[Any]:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"{path}: malformed JSON on line {lineno}: {exc.msg} (expected a JSON list or JSONL)"
+                f"{path}: malformed JSON on line {lineno} (record {len(records)}): {exc.msg} "
+                "(expected a JSON list or JSONL)"
             ) from exc
     return records
 
@@ -50,8 +54,6 @@ def load_records(source: str | Path | Any) -> tuple[list[dict[str, Any]], str]:
             return list(source), "<records>"
         raise DataError(f"unsupported data source of type {type(source).__name__}")
     path = Path(source)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
     if path.is_dir():
         try:
             import datasets
@@ -64,7 +66,7 @@ def load_records(source: str | Path | Any) -> tuple[list[dict[str, Any]], str]:
                 raise DataError(f"{path}: DatasetDict without a 'train' split (has {list(ds)})")
             ds = ds["train"]
         return list(ds.to_list()), str(path)
-    records = _load_json_text(path)
+    records = read_json_records(path)
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return records, str(path)

@@ -99,28 +99,13 @@ def validate_hotpot_record(rec: Any, path: Path, index: int) -> HotpotExample:
 
 def load_hotpot(path: str | Path, limit: int | None = None) -> list[HotpotExample]:
     """HotpotQA dev JSON (a list) or JSONL; every record is validated before any model is loaded."""
+    from qa_train.data.loading import DataError, read_json_records
+
     path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise EvalInputError(f"{path}: file is empty")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(
-                f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-            ) from exc
-    else:
-        data = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                data.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise EvalInputError(f"{path}: malformed JSON on line {lineno}: {exc.msg}") from exc
+    try:
+        data = read_json_records(path)
+    except DataError as exc:
+        raise EvalInputError(str(exc)) from exc
     if not isinstance(data, list):
         raise EvalInputError(f"{path}: expected a JSON list of HotpotQA records, got {type(data).__name__}")
     if not data:
