@@ -104,6 +104,13 @@ class Launcher:
         backend = backend or ("local" if get_profile(gpu).is_cpu else "cheapest")
         if get_profile(gpu).is_cpu and backend != "local":
             raise CliError(f"--gpu cpu runs only on --backend local (asked: {backend})")
+        if backend != "local":  # a cloud without a key fails here, before anything is recorded
+            from launch.backends.base import BackendError
+
+            try:
+                _backend(backend)
+            except BackendError as e:
+                raise CliError(str(e)) from e
         reg = self._registry()
         row, created = reg.claim(
             rendered.job_id, backend, gpu=rendered.gpu.profile, run_name=spec_job.run_name
@@ -228,13 +235,17 @@ class Launcher:
         return 0
 
     def _control(self, reg: Registry, job_id: str, rendered: RenderedSpec, secrets: dict, opts) -> int:  # noqa: ANN001
+        from launch.backends.base import BackendError
         from launch.managed import Controller, summary
 
-        ctl = Controller(
-            reg, job_id, rendered, secrets, opts, echo=lambda s: print(redact(s, secrets), flush=True)
-        )
         try:
+            ctl = Controller(
+                reg, job_id, rendered, secrets, opts, echo=lambda s: print(redact(s, secrets), flush=True)
+            )
             final = ctl.run()
+        except BackendError as e:  # e.g. no cloud configured: the job must not sit in PENDING forever
+            reg.update(job_id, state="FAILED", reason=f"controller stopped: {e}")
+            raise CliError(f"job {job_id} FAILED: {e}") from e
         except KeyboardInterrupt:
             print(
                 f"\ncontroller stopped; job {job_id} keeps running unwatched. "

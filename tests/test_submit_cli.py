@@ -56,6 +56,25 @@ def test_bare_gpu_form_and_errors(tmp_path):
     assert p.returncode == 1 and f"{bad}: training.epochs: unknown key" in p.stderr
 
 
+@pytest.mark.parametrize("managed", [False, True])
+def test_cloud_without_a_key_fails_before_anything_is_recorded(tmp_path, managed):
+    args = [
+        "--gpu",
+        "a6000",
+        "--job",
+        "jobs/mistral-qa-lora.yaml",
+        "--backend",
+        "cheapest",
+        "--job_id",
+        "nokey",
+    ]
+    p = cli(args + (["--interruptible", "--managed"] if managed else []), tmp_path)
+    assert p.returncode == 1 and "no cloud is configured" in p.stderr and "Traceback" not in p.stderr
+    listing = cli(["list"], tmp_path)
+    assert listing.returncode == 0 and "nokey" not in listing.stdout
+    assert not (tmp_path / "runs" / "nokey").exists()
+
+
 @pytest.fixture
 def vast():
     d = VastDouble(
