@@ -8,6 +8,7 @@ STOPPED (stopped/preempted while we did not ask), FAILED (provisioning error), G
 from __future__ import annotations
 
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -16,6 +17,8 @@ from typing import Any
 
 from launch.gpus import GpuProfile, get_profile
 from qa_train.spec import RenderedSpec
+
+logger = logging.getLogger(__name__)
 
 STATES = ("PENDING", "RUNNING", "EXITED", "STOPPED", "FAILED", "GONE")
 
@@ -105,53 +108,6 @@ class Backend(ABC):
         ``on_created`` is called as soon as an instance exists so the caller can record it in the registry.
         """
 
-    def _create_from_offers(
-        self,
-        spec: RenderedSpec,
-        secret_values: dict[str, str],
-        *,
-        interruptible: bool,
-        max_price: float | None,
-        on_created: Callable[[Instance], None] | None,
-        offers: list[Offer] | None,
-        max_offers: int | None = None,
-        max_failed_launches: int = 2,
-    ) -> Instance:
-        """Cloud create: the cheapest offer first; no capacity → the next one; a launch that failed (instance
-        already destroyed by ``_create_one``) counts, and after ``max_failed_launches`` of them we give up."""
-        profile = get_profile(spec.gpu.profile)
-        if offers is None:
-            offers = self.offers(profile, spec.gpu.count, interruptible=interruptible, max_price=max_price,
-                                 disk_gb=spec.disk_gb)  # fmt: skip
-        if not offers:
-            raise LaunchFailed(
-                f"{self.name}: no offers for {spec.gpu.count}x {profile.display}"
-                + (f" under ${max_price}/h" if max_price else "")
-            )
-        env = container_env(spec, secret_values)
-        reasons: list[str] = []
-        failed = 0
-        for offer in offers[:max_offers]:
-            try:
-                return self._create_one(spec, env, offer, on_created)
-            except NoCapacity as e:
-                reasons.append(f"offer {offer.offer_id}: {e}")
-            except BackendError as e:
-                reasons.append(f"offer {offer.offer_id}: {e}")
-                failed += 1
-                if failed >= max_failed_launches:
-                    break
-        raise LaunchFailed(f"{self.name}: launch failed; nothing left running. " + " | ".join(reasons))
-
-    def _create_one(
-        self,
-        spec: RenderedSpec,
-        env: dict[str, str],
-        offer: Offer,
-        on_created: Callable[[Instance], None] | None,
-    ) -> Instance:
-        raise NotImplementedError(f"{self.name} does not create from offers")
-
     @abstractmethod
     def status(self, instance_id: str) -> Status: ...
 
@@ -188,3 +144,82 @@ def wait_ready(
                 f"{backend.name}: instance {instance_id} not running after {deadline_s:.0f}s (last: {last.detail or last.state})"
             )
         sleep(poll_s)
+
+
+class CloudBackend(Backend):
+    """A rented-GPU cloud (vast.ai, RunPod): offers are tried cheapest first, and an instance that does not come
+    up is destroyed before the error leaves ``create`` (no leaked billing)."""
+
+    max_offers: int | None = None  # offers tried per create (None: all)
+    max_failed_launches: int = 2  # launches that failed after an instance existed, before giving up
+    ready_timeout_s: float
+    poll_s: float
+    sleep: Callable[[float], None]
+
+    def create(
+        self,
+        spec: RenderedSpec,
+        secret_values: dict[str, str],
+        *,
+        interruptible: bool = False,
+        max_price: float | None = None,
+        on_created: Callable[[Instance], None] | None = None,
+        offers: list[Offer] | None = None,
+    ) -> Instance:
+        """No capacity on an offer → the next one; a failed launch counts towards ``max_failed_launches``."""
+        profile = get_profile(spec.gpu.profile)
+        if offers is None:
+            offers = self.offers(profile, spec.gpu.count, interruptible=interruptible, max_price=max_price,
+                                 disk_gb=spec.disk_gb)  # fmt: skip
+        if not offers:
+            raise LaunchFailed(
+                f"{self.name}: no offers for {spec.gpu.count}x {profile.display}"
+                + (f" under ${max_price}/h" if max_price else "")
+            )
+        env = container_env(spec, secret_values)
+        reasons: list[str] = []
+        failed = 0
+        for offer in offers[: self.max_offers]:
+            try:
+                return self._create_one(spec, env, offer, on_created)
+            except NoCapacity as e:
+                reasons.append(f"offer {offer.offer_id}: {e}")
+            except BackendError as e:
+                reasons.append(f"offer {offer.offer_id}: {e}")
+                failed += 1
+                if failed >= self.max_failed_launches:
+                    break
+        raise LaunchFailed(f"{self.name}: launch failed; nothing left running. " + " | ".join(reasons))
+
+    @abstractmethod
+    def _create_one(
+        self,
+        spec: RenderedSpec,
+        env: dict[str, str],
+        offer: Offer,
+        on_created: Callable[[Instance], None] | None,
+    ) -> Instance:
+        """Create on one offer and return ``self._ready_or_destroyed(instance, on_created)``."""
+
+    def _ready_or_destroyed(self, inst: Instance, on_created: Callable[[Instance], None] | None) -> Instance:
+        """Record the instance, wait until it runs; on any failure (Ctrl-C included) destroy it, then re-raise."""
+        from launch.http import ApiError
+
+        try:
+            if on_created:
+                on_created(inst)
+            wait_ready(
+                self, inst.instance_id, deadline_s=self.ready_timeout_s, poll_s=self.poll_s, sleep=self.sleep
+            )
+        except BaseException as e:
+            logger.warning(
+                "%s: instance %s failed to start (%s); destroying it", self.name, inst.instance_id, e
+            )
+            try:
+                self.cancel(inst.instance_id)
+            except Exception as ce:  # report both; the original error matters most
+                logger.error("%s: destroy of %s failed too: %s", self.name, inst.instance_id, ce)
+            if isinstance(e, BackendError | ApiError):
+                raise BackendError(str(e)) from e
+            raise
+        return inst

@@ -16,13 +16,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from launch.backends.base import (
-    Backend,
     BackendError,
+    CloudBackend,
     Instance,
     NoCapacity,
     Offer,
     Status,
-    wait_ready,
 )
 from launch.gpus import GpuProfile
 from launch.http import ApiError, HttpClient, error_message
@@ -56,7 +55,7 @@ mutation Terminate($input: PodTerminateInput!) {
 }"""
 
 
-class RunpodBackend(Backend):
+class RunpodBackend(CloudBackend):
     name = "runpod"
 
     def __init__(
@@ -175,21 +174,6 @@ class RunpodBackend(Backend):
             inp["bidPerGpu"] = offer.bid_price
         return inp
 
-    def create(
-        self,
-        spec: RenderedSpec,
-        secret_values: dict[str, str],
-        *,
-        interruptible: bool = False,
-        max_price: float | None = None,
-        on_created: Callable[[Instance], None] | None = None,
-        offers: list[Offer] | None = None,
-    ) -> Instance:
-        return self._create_from_offers(
-            spec, secret_values, interruptible=interruptible, max_price=max_price, on_created=on_created,
-            offers=offers, max_failed_launches=self.max_failed_launches,
-        )  # fmt: skip
-
     def _create_one(
         self,
         spec: RenderedSpec,
@@ -207,20 +191,7 @@ class RunpodBackend(Backend):
         if not pod.get("id"):
             raise BackendError(f"runpod: {root} returned no pod id")
         inst = Instance(self.name, str(pod["id"]), offer)
-        try:
-            if on_created:
-                on_created(inst)
-            wait_ready(
-                self, inst.instance_id, deadline_s=self.ready_timeout_s, poll_s=self.poll_s, sleep=self.sleep
-            )
-        except BaseException as e:  # never leave a billing pod behind, not even on Ctrl-C
-            logger.warning("runpod: pod %s failed to start (%s); terminating it", inst.instance_id, e)
-            try:
-                self.cancel(inst.instance_id)
-            except Exception as ce:
-                logger.error("runpod: terminate of %s failed too: %s", inst.instance_id, ce)
-            raise
-        return inst
+        return self._ready_or_destroyed(inst, on_created)
 
     # -- status / logs / cancel --------------------------------------------------------------------------
     def status(self, instance_id: str) -> Status:

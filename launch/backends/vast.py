@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from launch.backends.base import (
-    Backend,
     BackendError,
+    CloudBackend,
     Instance,
     NoCapacity,
     Offer,
     Status,
-    wait_ready,
 )
 from launch.gpus import GpuProfile
 from launch.http import ApiError, HttpClient, error_message
@@ -44,7 +43,7 @@ _STATES = {
 PROVISION_ERRORS = ("OCI runtime create failed", "error response from daemon")
 
 
-class VastBackend(Backend):
+class VastBackend(CloudBackend):
     name = "vast"
 
     def __init__(
@@ -165,21 +164,6 @@ class VastBackend(Backend):
             payload["price"] = offer.bid_price  # without it vast rents on-demand even from a bid search
         return payload
 
-    def create(
-        self,
-        spec: RenderedSpec,
-        secret_values: dict[str, str],
-        *,
-        interruptible: bool = False,
-        max_price: float | None = None,
-        on_created: Callable[[Instance], None] | None = None,
-        offers: list[Offer] | None = None,
-    ) -> Instance:
-        return self._create_from_offers(
-            spec, secret_values, interruptible=interruptible, max_price=max_price, on_created=on_created,
-            offers=offers, max_offers=self.max_offers, max_failed_launches=self.max_failed_launches,
-        )  # fmt: skip
-
     def _create_one(
         self,
         spec: RenderedSpec,
@@ -229,22 +213,7 @@ class VastBackend(Backend):
                 raise NoCapacity(msg)
             raise BackendError(msg)
         inst = Instance(self.name, str(contract), offer)
-        try:
-            if on_created:
-                on_created(inst)
-            wait_ready(
-                self, inst.instance_id, deadline_s=self.ready_timeout_s, poll_s=self.poll_s, sleep=self.sleep
-            )
-        except BaseException as e:  # includes KeyboardInterrupt: never leave a billing instance behind
-            logger.warning("vast: instance %s failed to start (%s); destroying it", inst.instance_id, e)
-            try:
-                self.cancel(inst.instance_id)
-            except Exception as ce:  # report both; the original error matters most
-                logger.error("vast: destroy of %s failed too: %s", inst.instance_id, ce)
-            if isinstance(e, BackendError | ApiError):
-                raise BackendError(str(e)) from e
-            raise
-        return inst
+        return self._ready_or_destroyed(inst, on_created)
 
     def find_by_label(self, label: str) -> list[str]:
         """Instance ids carrying ``label`` (our job id), across pages of ``GET /api/v1/instances/``."""
