@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -228,22 +228,25 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_job(data: Any, source: str = "<spec>") -> JobSpec:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], data: Any, source: str) -> _M:
+    """One validation path for job and rendered specs: every problem named by file and key path."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the spec must be a mapping, got {type(data).__name__}")
     try:
-        return JobSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise SpecError(format_validation_error(e, source)) from None
+
+
+def parse_job(data: Any, source: str = "<spec>") -> JobSpec:
+    return _validate(JobSpec, data, source)
 
 
 def parse_rendered(data: Any, source: str = "<spec>") -> RenderedSpec:
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: the spec must be a mapping, got {type(data).__name__}")
-    try:
-        return RenderedSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(format_validation_error(e, source)) from None
+    return _validate(RenderedSpec, data, source)
 
 
 def _load_text(text: str, source: str) -> Any:
