@@ -50,13 +50,12 @@ def _saved_model_max_length(checkpoint: Path) -> int | None:
 
 
 def _resolve_dtype(name: str) -> Any:
-    import torch
+    from qa_train.modeling import resolve_dtype
 
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if name not in ("bfloat16", "float32", "float16"):
-        raise MergeError(f"--torch_dtype must be auto, bfloat16, float16 or float32, got {name!r}")
-    return getattr(torch, name)
+    try:
+        return resolve_dtype(name)
+    except ValueError as exc:
+        raise MergeError(f"--torch_dtype: {exc}") from None
 
 
 def check_adapter(checkpoint: Path) -> tuple[dict[str, Any], Path]:

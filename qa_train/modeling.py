@@ -54,6 +54,20 @@ def resolve_attn_implementation(requested: str | None, packing: bool) -> str:
     return impl
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def resolve_dtype(name: str) -> Any:
+    """A torch dtype from its name; ``auto`` is bf16 on a GPU and fp32 on CPU (merge and inference share it)."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be {', '.join(DTYPES)}, got {name!r}")
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
 def prepare_tokenizer(tokenizer: Any) -> int:
     """Add <|bof|>, <|eof|>, <|eot|> as special tokens and make sure a pad token exists; returns #added."""
     added = tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})

@@ -30,16 +30,6 @@ def _stop_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def _resolve_dtype(dtype: str) -> Any:
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if dtype not in ("bfloat16", "float16", "float32"):
-        raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
-    return getattr(torch, dtype)
-
-
 class HFBackend:
     """transformers ``generate`` with left padding, greedy decoding and a KV cache (prompts are unpacked)."""
 
@@ -54,11 +44,11 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from qa_train.modeling import load_tokenizer, resize_embeddings
+        from qa_train.modeling import load_tokenizer, resize_embeddings, resolve_dtype
 
         self.tokenizer = load_tokenizer(model_path, padding_side="left")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype)}
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         self.model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).to(self.device)
