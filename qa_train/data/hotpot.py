@@ -47,13 +47,14 @@ def _str_field(rec: dict, key: str, source: str, index: int) -> str:
     return value.strip()
 
 
-def _context(rec: dict, source: str, index: int) -> dict[str, list[str]]:
+def parse_context(rec: dict, source: str, index: int) -> list[tuple[str, list[str]]]:
+    """``context`` as ``[(title, [sentences]), …]`` in file order (shared with the HotpotQA evaluation)."""
     ctx = rec.get("context")
     if ctx is None:
         raise RecordError(source, index, "context", "missing")
     if not isinstance(ctx, list) or not ctx:
         raise RecordError(source, index, "context", "expected a non-empty list of [title, [sentences]]")
-    paragraphs: dict[str, list[str]] = {}
+    out: list[tuple[str, list[str]]] = []
     for j, item in enumerate(ctx):
         ok = (
             isinstance(item, list | tuple)
@@ -64,7 +65,14 @@ def _context(rec: dict, source: str, index: int) -> dict[str, list[str]]:
         )
         if not ok:
             raise RecordError(source, index, f"context[{j}]", "expected [title, [sentences]]")
-        paragraphs.setdefault(item[0], item[1])  # a repeated title keeps its first paragraph
+        out.append((item[0], list(item[1])))
+    return out
+
+
+def _context(rec: dict, source: str, index: int) -> dict[str, list[str]]:
+    paragraphs: dict[str, list[str]] = {}
+    for title, sentences in parse_context(rec, source, index):
+        paragraphs.setdefault(title, sentences)  # a repeated title keeps its first paragraph
     return paragraphs
 
 

@@ -77,23 +77,10 @@ def validate_hotpot_record(rec: Any, path: Path, index: int) -> HotpotExample:
             raise _field_error(path, index, rec, key, f"expected a string, got {type(rec[key]).__name__}")
     if not rec["question"].strip():
         raise _field_error(path, index, rec, "question", "empty")
-    ctx = rec.get("context")
-    if ctx is None:
-        raise _field_error(path, index, rec, "context", "missing")
-    if not isinstance(ctx, list) or not ctx:
-        raise _field_error(path, index, rec, "context", "expected a non-empty list of [title, [sentences]]")
-    parsed: list[tuple[str, list[str]]] = []
-    for j, para in enumerate(ctx):
-        ok = (
-            isinstance(para, list)
-            and len(para) == 2
-            and isinstance(para[0], str)
-            and isinstance(para[1], list)
-            and all(isinstance(s, str) for s in para[1])
-        )
-        if not ok:
-            raise _field_error(path, index, rec, f"context[{j}]", "expected [title, [sentence, …]]")
-        parsed.append((para[0], list(para[1])))
+    from qa_train.data.hotpot import parse_context
+
+    rid = rec.get("_id")
+    parsed = parse_context(rec, f"{path}" + (f" (_id={rid})" if rid is not None else ""), index)
     return HotpotExample(str(rec.get("_id", index)), rec["question"], rec["answer"], parsed)
 
 
