@@ -499,7 +499,7 @@ class Controller:
 
     def _launch(self) -> Instance | None:
         """Create an instance; on no capacity wait with exponential backoff. None: cancelled or gave up."""
-        from launch.http import ApiError
+        from launch.backends.transport import ApiError
 
         delay, started = self.opts.backoff_s, self.clock()
         while True:

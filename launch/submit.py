@@ -9,11 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, sys.path[0] is launch/, whose http.py/secrets.py would shadow the standard library.
+# Run as a script (`python launch/submit.py`), the repository root must be importable for `launch` and `qa_train`.
 _REPO = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(_REPO)
-elif str(_REPO) not in sys.path:
+if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 import json  # noqa: E402
@@ -24,7 +22,7 @@ from typing import Any  # noqa: E402
 from launch.gpus import PROFILES, get_profile  # noqa: E402
 from launch.registry import Registry  # noqa: E402
 from launch.render import PlanError, mode_of, render  # noqa: E402
-from launch.secrets import CONTAINER_SECRETS, SecretError, load_secrets, redact  # noqa: E402
+from launch.credentials import CONTAINER_SECRETS, SecretError, load_secrets, redact  # noqa: E402
 from qa_train.spec import RenderedSpec, SpecError, load_job  # noqa: E402
 
 logger = logging.getLogger("launch")
@@ -476,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:
         from launch.backends.base import BackendError
-        from launch.http import ApiError
+        from launch.backends.transport import ApiError
 
         if isinstance(e, BackendError | ApiError):
             print(f"error: {e}", file=sys.stderr)

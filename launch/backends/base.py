@@ -203,7 +203,7 @@ class CloudBackend(Backend):
 
     def _ready_or_destroyed(self, inst: Instance, on_created: Callable[[Instance], None] | None) -> Instance:
         """Record the instance, wait until it runs; on any failure (Ctrl-C included) destroy it, then re-raise."""
-        from launch.http import ApiError
+        from launch.backends.transport import ApiError
 
         try:
             if on_created:

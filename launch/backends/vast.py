@@ -22,7 +22,7 @@ from launch.backends.base import (
     Status,
 )
 from launch.gpus import GpuProfile
-from launch.http import ApiError, HttpClient, error_message
+from launch.backends.transport import ApiError, HttpClient, error_message
 from qa_train.spec import RenderedSpec
 
 logger = logging.getLogger(__name__)
