@@ -156,3 +156,116 @@ class ReportError(ValueError):
 def report_dict(report: RunReport) -> dict[str, Any]:
     """The report as plain JSON-able data (for ``status --json``)."""
     return json.loads(report.to_json())
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """One top-level folder of a run in object storage (``committed``: its manifest and every file present)."""
+
+    name: str
+    uri: str
+    committed: bool
+    num_files: int
+
+    @property
+    def step(self) -> int | None:
+        return checkpoint_step(self.name)
+
+
+class RunStore:
+    """One run's folder in S3-compatible storage, as both sides use it: the spec, the report, what is committed.
+
+    ``credentials`` (AWS_* names → values) are used when given, else the standard AWS chain; the endpoint comes
+    from ``endpoint_url`` or ``AWS_ENDPOINT_URL``. Short timeouts and few attempts: a controller polling a report
+    must not hang on a storage outage.
+    """
+
+    def __init__(
+        self,
+        layout: RunLayout,
+        endpoint_url: str | None = None,
+        credentials: dict[str, str] | None = None,
+        *,
+        attempts: int = 3,
+    ):
+        self.layout = layout
+        self.endpoint_url = endpoint_url
+        self.credentials = credentials
+        self.attempts = attempts
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            from qa_train.sync.storage import resolve_endpoint
+
+            creds = self.credentials or {}
+            session = boto3.session.Session(
+                aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID") or None,
+                aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY") or None,
+                aws_session_token=creds.get("AWS_SESSION_TOKEN") or None,
+            )
+            config = Config(
+                retries={"mode": "standard", "max_attempts": self.attempts},
+                connect_timeout=5,
+                read_timeout=20,
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                s3={"addressing_style": "path"},
+            )
+            self._client = session.client(
+                "s3",
+                endpoint_url=resolve_endpoint(self.endpoint_url),
+                region_name=session.region_name or "us-east-1",
+                config=config,
+            )
+        return self._client
+
+    def _where(self, name: str) -> tuple[str, str]:
+        from qa_train.sync.storage import S3Location
+
+        loc = S3Location.parse(self.layout.child(name))
+        return loc.bucket, loc.prefix
+
+    def put_text(self, name: str, text: str, content_type: str = "application/json") -> str:
+        """One PUT (atomic for readers: they see the old object or the new one). Returns the object's URI."""
+        bucket, key = self._where(name)
+        self.client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
+        return self.layout.child(name)
+
+    def get_text(self, name: str) -> str | None:
+        """The object's text, or None when it does not exist."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._where(name)
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+
+    def read_report(self) -> RunReport | None:
+        text = self.get_text(REPORT_NAME)
+        return None if text is None else RunReport.from_json(text, self.layout.report)
+
+    def write_report(self, report: RunReport) -> None:
+        report.updated_at = time.time()
+        self.put_text(REPORT_NAME, report.to_json())
+
+    def folders(self) -> list[FolderState]:
+        """Checkpoints (by step), then final / merged / eval / others, with their committed flag."""
+        from qa_train.sync.remote import list_run
+        from qa_train.sync.storage import S3Location
+
+        return [
+            FolderState(f.name, f.uri, f.committed, f.num_files)
+            for f in list_run(self.client, S3Location.parse(self.layout.root))
+        ]
+
+    def committed_step(self) -> int | None:
+        steps = [f.step for f in self.folders() if f.step is not None and f.committed]
+        return max(steps) if steps else None
