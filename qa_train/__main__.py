@@ -2,6 +2,10 @@
 
 Each command lives in its own module with ``main(argv) -> int``; it is imported only when asked for so that
 ``--help`` and light commands stay fast.
+
+Exit codes: 0 success, 2 usage / bad input (one ``error:`` line, nothing written), 1 runtime failure,
+3 object storage. A :class:`qa_train.fsutil.UsageError` that a command does not handle itself is turned into
+that one line and exit 2 here, so no input a user types ends in a traceback.
 """
 
 from __future__ import annotations
@@ -48,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from qa_train.fsutil import UsageError
+
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,12 +6,16 @@ spellings that older transformers accepted are rewritten before parsing.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import HfArgumentParser
 from transformers import TrainingArguments as HfTrainingArguments
 
+from qa_train.fsutil import UsageError, check_number, one_line
 from qa_train.sync import SyncArguments
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,94 @@ class TrainingArguments(HfTrainingArguments):
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
 
+    def __post_init__(self) -> None:
+        # Ours first: the Trainer's own checks name fewer flags, and some nonsense it accepts silently
+        # (--model_max_length -5 cut the last 5 tokens of every sample, negative epochs trained 0 steps).
+        check_training_ranges(self)
+        super().__post_init__()
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _steps_ok(x: Any) -> bool:
+    """HF step intervals: a whole number of steps >= 1, or a fraction of the run in (0, 1)."""
+    return _finite(x) and x > 0 and (x < 1 or float(x).is_integer())
+
+
+def check_training_ranges(a: Any) -> None:
+    """Every number a user can get wrong, with the flag named (UsageError); ``a`` is our TrainingArguments."""
+    check_number("--model_max_length", a.model_max_length, a.model_max_length > 0, "> 0")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        check_number(f"--{name}", getattr(a, name), getattr(a, name) >= 1, ">= 1")
+    if a.eval_accumulation_steps is not None:
+        check_number(
+            "--eval_accumulation_steps", a.eval_accumulation_steps, a.eval_accumulation_steps >= 1, ">= 1"
+        )
+    check_number("--learning_rate", a.learning_rate, _finite(a.learning_rate) and a.learning_rate > 0, "> 0")
+    epochs = a.num_train_epochs
+    check_number("--num_train_epochs", epochs, _finite(epochs) and epochs >= 0, "> 0")
+    check_number(
+        "--max_steps",
+        a.max_steps,
+        a.max_steps == -1 or a.max_steps >= 1,
+        "-1 (train --num_train_epochs) or >= 1",
+    )
+    for name in ("logging_steps", "save_steps", "eval_steps"):
+        value = getattr(a, name)
+        if value is not None:
+            check_number(
+                f"--{name}", value, _steps_ok(value), "a whole number of steps >= 1 or a fraction in (0, 1)"
+            )
+    check_number("--warmup_steps", a.warmup_steps, _finite(a.warmup_steps) and a.warmup_steps >= 0, ">= 0")
+    if getattr(a, "warmup_ratio", None) is not None:
+        check_number(
+            "--warmup_ratio",
+            a.warmup_ratio,
+            _finite(a.warmup_ratio) and 0 <= a.warmup_ratio <= 1,
+            "in [0, 1]",
+        )
+    check_number("--weight_decay", a.weight_decay, _finite(a.weight_decay) and a.weight_decay >= 0, ">= 0")
+    if a.max_grad_norm is not None:
+        check_number(
+            "--max_grad_norm", a.max_grad_norm, _finite(a.max_grad_norm) and a.max_grad_norm >= 0, ">= 0"
+        )
+    if a.save_total_limit is not None:
+        check_number("--save_total_limit", a.save_total_limit, a.save_total_limit >= 1, ">= 1")
+    check_number("--dataloader_num_workers", a.dataloader_num_workers, a.dataloader_num_workers >= 0, ">= 0")
+    check_number("--lora_r", a.lora_r, a.lora_r >= 1, ">= 1")
+    check_number("--lora_alpha", a.lora_alpha, _finite(a.lora_alpha) and a.lora_alpha > 0, "> 0")
+    dropout = a.lora_dropout
+    check_number("--lora_dropout", dropout, _finite(dropout) and 0 <= dropout < 1, ">= 0 and < 1")
+
+
+def _check_sync_ranges(s: Any) -> None:
+    check_number("--s3_max_attempts", s.s3_max_attempts, s.s3_max_attempts >= 1, ">= 1")
+    check_number("--sync_concurrency", s.sync_concurrency, s.sync_concurrency >= 1, ">= 1")
+    check_number(
+        "--sync_max_mbps", s.sync_max_mbps, _finite(s.sync_max_mbps) and s.sync_max_mbps >= 0, ">= 0"
+    )
+
+
+class _Parser(HfArgumentParser):
+    """Mistakes argparse finds (bad type, missing value) become one line, not a screen of usage."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(message.removeprefix("argument "))
+
+
+def _unknown_flags_error(parser: HfArgumentParser, unknown: list[str]) -> UsageError:
+    flags = [u.split("=", 1)[0] for u in unknown if u.startswith("-")]
+    if not flags:
+        return UsageError(f"unexpected argument(s): {' '.join(unknown)} (every value needs its --flag)")
+    known = list(parser._option_string_actions)  # noqa: SLF001 - argparse has no public list of its flags
+    hints = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    return UsageError(f"unknown flag(s) for train: {', '.join(hints)}")
+
 
 def normalize_argv(argv: list[str]) -> list[str]:
     out = []
@@ -115,12 +207,26 @@ def parse_train_args(
 ) -> tuple[ModelArguments, DataArguments, TrainingArguments, SyncArguments]:
     argv = _drop_unavailable_tf32(normalize_argv(argv))
     argv = _cpu_when_no_gpu(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, SyncArguments))
-    model_args, data_args, training_args, sync_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = _Parser((ModelArguments, DataArguments, TrainingArguments, SyncArguments), allow_abbrev=False)
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:  # before any dataclass is built: a typo must not start anything
+        raise _unknown_flags_error(parser, unknown)
+    try:
+        model_args, data_args, training_args, sync_args = parser.parse_args_into_dataclasses(args=argv)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as exc:  # the Trainer's own checks in TrainingArguments.__post_init__
+        raise UsageError(one_line(exc)) from None
+    _check_sync_ranges(sync_args)
+    if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
+        raise UsageError("--output_dir is required (where the model, checkpoints and train_summary.json go)")
     # HF defaults do_train to False; the original script always trained. Train unless told otherwise.
     if not any(a == "--do_train" or a.startswith("--do_train=") for a in argv):
         training_args.do_train = True
     if data_args.validation_path and not any(a.startswith("--do_eval") for a in argv):
         training_args.do_eval = True
+    if training_args.do_train and training_args.max_steps == -1:
+        epochs = training_args.num_train_epochs
+        check_number("--num_train_epochs", epochs, epochs > 0, "> 0 (or set --max_steps)")
     training_args.remove_unused_columns = False
     return model_args, data_args, training_args, sync_args

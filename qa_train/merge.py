@@ -3,27 +3,37 @@
 The base is loaded unquantized (bf16 on GPU, fp32 on CPU — never 4-bit, also for QLoRA adapters) and
 prepared exactly as in training (special tokens, embedding resize, RoPE scaling from the saved
 ``model_max_length``), so the adapter's full ``embed_tokens`` / ``lm_head`` and LoRA deltas land on the same
-shapes. The merged model is written to a temporary folder and renamed into place, so an interrupted merge
-never leaves a folder that looks like a model.
+shapes. The merged model is written to a temporary sibling folder and renamed into place with the completion
+marker (``qa_train.fsutil.MARKER``) last, so an interrupted merge never leaves a folder that looks like a model.
+The adapter must carry the marker training writes (a cut-off save is refused), and the output may be neither
+input, inside one, nor an existing file.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from qa_train.fsutil import (
+    ArgumentParser,
+    UsageError,
+    check_number,
+    check_output,
+    check_replaceable,
+    publish_dir,
+    require_marker,
+    write_marker,
+)
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
-class MergeError(ValueError):
+class MergeError(UsageError):
     """The adapter cannot be merged into this base; the message says which file / field disagrees."""
 
 
@@ -81,7 +91,19 @@ def check_adapter(checkpoint: Path) -> tuple[dict[str, Any], Path]:
         raise MergeError(
             f"--checkpoint {checkpoint}: adapter weights missing (expected {ADAPTER_WEIGHTS[0]})"
         )
+    require_marker(checkpoint, "--checkpoint", "`python -m qa_train train`")
     return cfg, weights
+
+
+def check_paths(save_folder: Path, pretrained_path: str, checkpoint: Path) -> None:
+    """The merged folder replaces ``save_folder`` as a whole: it must not be (in) an input or hold one, must not
+    be a file, and an existing folder must be a finished qa_train output (nobody's data is deleted)."""
+    from qa_train.modeling import check_model_path
+
+    check_model_path(pretrained_path, "--pretrained_path")
+    inputs = {"--pretrained_path": pretrained_path, "--checkpoint": checkpoint}
+    check_output(save_folder, "--save_folder", inputs, kind="folder")
+    check_replaceable(save_folder, "--save_folder")
 
 
 def _check_vocab(saved: dict[str, tuple[int, ...]], vocab: int, weights: Path) -> None:
@@ -114,17 +136,6 @@ def _check_keys(peft_model: Any, saved: dict[str, tuple[int, ...]], weights: Pat
         raise MergeError(f"{weights}: '{k}' has shape {saved[k]} but the base expects {expected[k]}")
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move the finished folder into place; an old folder is removed only after the new one is there."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{tmp.name}")
-        dest.rename(old)
-    tmp.rename(dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def merge(
     save_folder: str | Path,
     pretrained_path: str,
@@ -141,11 +152,15 @@ def merge(
     from qa_train.modeling import load_config, load_tokenizer, resize_embeddings
 
     checkpoint, save_folder = Path(checkpoint), Path(save_folder)
+    check_paths(save_folder, pretrained_path, checkpoint)
     adapter_cfg, weights = check_adapter(checkpoint)
     try:
         base_cfg = AutoConfig.from_pretrained(pretrained_path)
     except (OSError, ValueError) as exc:
-        raise MergeError(f"--pretrained_path {pretrained_path}: cannot load a model config ({exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MergeError(
+            f"--pretrained_path {pretrained_path}: cannot load a model config ({first})"
+        ) from None
     if model_type and model_type != base_cfg.model_type:
         raise MergeError(
             f"--model_type {model_type} but {pretrained_path} is a {base_cfg.model_type!r} model"
@@ -198,22 +213,18 @@ def merge(
     merged.generation_config.eos_token_id = [eot, *[e for e in eos_ids if e != eot]]
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    save_folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_folder.name}.tmp-", dir=save_folder.parent))
-    try:
+    with publish_dir(save_folder) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, save_folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_marker(tmp, "merge", pretrained_path=str(pretrained_path), checkpoint=str(checkpoint))
     logger.info("Merged %s into %s -> %s", checkpoint, pretrained_path, save_folder)
     return save_folder
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m qa_train merge",
+        allow_abbrev=False,
         description="Merge a LoRA/QLoRA adapter into its (unquantized) base model. Arguments as the original: "
         "--save_folder --pretrained_path --checkpoint, or the three positionally in that order.",
     )
@@ -229,8 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _parse(argv: list[str] | None) -> Any:
     parser = build_parser()
     args = parser.parse_args(argv)
     names = ("save_folder", "pretrained_path", "checkpoint")
@@ -243,7 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"--{n}" for n in names if not getattr(args, n)]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
+    if args.model_max_length is not None:
+        check_number("--model_max_length", args.model_max_length, args.model_max_length > 0, "> 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0; 2 with one ``error:`` line for bad flags, paths or an adapter that does not fit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args = _parse(argv)
         merge(
             args.save_folder,
             args.pretrained_path,
@@ -252,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             args.torch_dtype,
             args.model_max_length,
         )
-    except MergeError as exc:
+    except UsageError as exc:  # MergeError is one
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from qa_train.data.prompt import SPECIAL_TOKENS
@@ -52,6 +55,25 @@ def resolve_attn_implementation(requested: str | None, packing: bool) -> str:
             ", ".join(sorted(PACKING_SAFE_ATTN)),
         )
     return impl
+
+
+# What the Hub accepts as a repo id: "name" or "owner/name" (letters, digits, -, _, .), no "--" or "..".
+_HUB_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+
+
+def check_model_path(path: str, flag: str) -> str:
+    """``local`` for an existing folder, ``hub`` for something only the Hub can resolve; a UsageError naming
+    ``flag`` for a missing local path or a file, instead of the Hub client's "Repo id must be in the form…"."""
+    from qa_train.fsutil import UsageError
+
+    local = Path(os.path.expanduser(path))
+    if local.is_dir():
+        return "local"
+    if local.exists():
+        raise UsageError(f"{flag} {path}: is a file; expected a model folder or a Hub model id")
+    if path.startswith(("/", ".", "~")) or os.sep + os.sep in path or not _HUB_ID.match(path):
+        raise UsageError(f"{flag} {path}: no such folder (and not a Hub model id)")
+    return "hub"
 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")

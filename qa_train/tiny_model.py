@@ -2,6 +2,8 @@
 
 Tests, benchmarks and the smoke job use it so that nothing downloads weights. The QA special tokens are NOT
 part of the tokenizer: training adds them and resizes the embeddings, exactly as with a real base model.
+The folder is published whole (temporary sibling + rename) with the completion marker, so it can stand in for
+any finished model folder (eval and merge refuse local folders without the marker).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from qa_train.fsutil import check_replaceable, publish_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +130,11 @@ def make_tiny_model(
     config = tiny_config(arch, len(tokenizer), hidden_size, num_layers, max_positions)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    check_replaceable(out, "OUT")
+    with publish_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_marker(tmp, "make-tiny-model", arch=arch)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("Saved tiny %s model (%d parameters, vocab %d) to %s", arch, n_params, len(tokenizer), out)
     return out

@@ -2,6 +2,11 @@
 
 Flags are the original README's; see ``qa_train/args.py``. Every input problem is found before the model is
 loaded, so a bad file costs seconds and leaves no checkpoint behind.
+
+Outputs: a new run first removes the previous ``train_summary.json`` and completion marker from output_dir;
+the final model is assembled in ``output_dir/.final.tmp-<pid>/`` and its files moved into output_dir at the
+end; ``train_summary.json`` and then the marker (``qa_train.fsutil.MARKER``) are written last. Trainer
+checkpoints stay in ``checkpoint-N/`` (resume needs them) and get the marker once the Trainer has finished them.
 """
 
 from __future__ import annotations
@@ -15,10 +20,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from qa_train.fsutil import UsageError
+
 logger = logging.getLogger("qa_train.train")
 
 
-class ConfigError(ValueError):
+# Where the final save is assembled before its files move into output_dir (a hidden sibling of the
+# checkpoints, skipped by sync's top-level upload and by the Trainer's checkpoint search).
+FINAL_TMP_PREFIX = ".final.tmp-"
+
+
+class ConfigError(UsageError):
     """Incompatible flags."""
 
 
@@ -38,7 +50,17 @@ def _setup_logging(training_args: Any) -> None:
 
 
 def _check_flags(model_args: Any, data_args: Any, training_args: Any) -> None:
-    from qa_train.modeling import MODEL_TYPES
+    from qa_train.fsutil import check_output
+    from qa_train.modeling import MODEL_TYPES, check_model_path
+
+    check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    inputs = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--train_path": data_args.train_path,
+        "--validation_path": data_args.validation_path,
+    }
+    # The final save lands in output_dir beside the checkpoints (not replacing the folder as a whole).
+    check_output(training_args.output_dir, "--output_dir", inputs, kind="folder", replaced=False)
 
     if training_args.qlora and not training_args.use_lora:
         raise ConfigError("--qlora True needs --use_lora True (QLoRA trains LoRA adapters on a 4-bit base)")
@@ -218,18 +240,87 @@ def _wrap_lora(model: Any, training_args: Any) -> Any:
     return model
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+def _load_tokenizer(model_args: Any, training_args: Any) -> Any:
+    """The base's tokenizer, or one ConfigError line naming the flag (a folder that is not a model, an
+    unreachable Hub id) instead of the Hub client's traceback."""
+    from qa_train.modeling import load_tokenizer
+
+    try:
+        return load_tokenizer(model_args.model_name_or_path, training_args.model_max_length)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"--model_name_or_path {model_args.model_name_or_path}: cannot load a tokenizer ({first})"
+        ) from None
+
+
+def _marker_callback() -> Any:
+    """Marks each Trainer checkpoint complete once the Trainer has written all of it (``on_save`` runs after
+    ``checkpoint-N/`` is finished), so merge can take a checkpoint as well as the final adapter. Listed before
+    the sync callback, so the uploaded copy carries the marker too."""
+    from transformers import TrainerCallback
+
+    from qa_train.fsutil import write_marker
+
+    class CheckpointMarker(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and ckpt.is_dir():
+                write_marker(ckpt, "train", kind="checkpoint", global_step=state.global_step)
+            return control
+
+    return CheckpointMarker()
+
+
+def _clear_stale_outputs(output_dir: Path, training: bool) -> None:
+    """A previous run's summary (and, when this run saves a model, its marker and any half-assembled final
+    save) must not vouch for files this run is about to replace."""
+    import shutil
+
+    from qa_train.fsutil import remove_marker
+
+    (output_dir / "train_summary.json").unlink(missing_ok=True)
+    if training:
+        remove_marker(output_dir)
+        for leftover in output_dir.glob(FINAL_TMP_PREFIX + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _final_tmp_dir(output_dir: Path) -> Path:
+    """``output_dir/.final.tmp-<pid of rank 0>``: every rank must name the same folder for save_model."""
+    import torch
+
+    name = [f"{FINAL_TMP_PREFIX}{os.getpid()}"]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(name, src=0)
+    return output_dir / name[0]
+
+
+def _save_final(trainer: Any, tokenizer: Any, output_dir: Path) -> None:
+    """Assemble the final model (or adapter) + tokenizer + trainer_state.json in a hidden sibling, then move
+    the files into output_dir: a save cut off half way leaves no model-looking files and no marker."""
+    import shutil
+
+    from qa_train.fsutil import move_into
+
+    tmp = _final_tmp_dir(output_dir)
+    try:
+        trainer.save_model(str(tmp))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(tmp))
+            trainer.state.save_to_json(str(tmp / "trainer_state.json"))  # loss history for users and tests
+            move_into(tmp, output_dir)
+    except BaseException:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def run(argv: list[str]) -> dict[str, Any]:
     import torch
 
     from qa_train.args import parse_train_args
-    from qa_train.modeling import load_tokenizer
+    from qa_train.fsutil import atomic_write_json, write_marker
     from qa_train.sync import start_sync
     from qa_train.trainer import QATrainer
 
@@ -239,7 +330,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     # Storage credentials and the resume point are settled first: a typo in a key fails in seconds, not after
     # tokenizing the data set.
     session = start_sync(sync_args, training_args)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.model_max_length)
+    tokenizer = _load_tokenizer(model_args, training_args)
     max_len = training_args.model_max_length
     train_data = eval_data = None
     if training_args.do_train:
@@ -263,9 +354,11 @@ def run(argv: list[str]) -> dict[str, Any]:
         eval_dataset=eval_ds,
         data_collator=_collator(data_args.packing, tokenizer, data_args, max_len),
         processing_class=tokenizer,
-        callbacks=list(session.callbacks),
+        callbacks=[_marker_callback(), *session.callbacks],
     )
     output_dir = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        _clear_stale_outputs(output_dir, training_args.do_train)
     summary: dict[str, Any] = {
         "model": model_args.model_name_or_path,
         "mode": "qlora" if training_args.qlora else "lora" if training_args.use_lora else "full",
@@ -283,12 +376,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     }
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=session.resume_from)
-        trainer.save_model(str(output_dir))
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(str(output_dir))
-            trainer.state.save_to_json(
-                str(output_dir / "trainer_state.json")
-            )  # loss history for users and tests
+        _save_final(trainer, tokenizer, output_dir)
         tokens = torch.tensor(float(trainer.real_tokens_seen), device=training_args.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(tokens)
@@ -307,22 +395,21 @@ def run(argv: list[str]) -> dict[str, Any]:
         if summary[key] is not None and not math.isfinite(summary[key]):
             logger.warning("%s is not finite: %s", key, summary[key])
     if trainer.is_world_process_zero():
-        _write_json_atomic(output_dir / "train_summary.json", summary)
+        atomic_write_json(output_dir / "train_summary.json", summary)
         logger.info("Wrote %s", output_dir / "train_summary.json")
+        if training_args.do_train:  # last: the folder now holds a finished model (uploaded with it by finish)
+            write_marker(output_dir, "train", mode=summary["mode"], global_step=summary["global_step"])
         session.finish(output_dir, summary)
     return summary
 
 
 def main(argv: list[str]) -> int:
     """Exit 0 on success; 2 with one ``error:`` line for bad input/flags; 3 when object storage fails."""
-    from qa_train.data.loading import DataError
-    from qa_train.data.records import RecordError
-    from qa_train.data.tokenize import SampleTooLongError
     from qa_train.sync import SyncError
 
     try:
         run(argv)
-    except (DataError, RecordError, SampleTooLongError, ConfigError) as exc:
+    except UsageError as exc:  # flags, numbers, paths, data files (DataError, RecordError, … are UsageErrors)
         logger.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2

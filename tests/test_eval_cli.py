@@ -10,6 +10,7 @@ import torch
 
 from qa_train.data.prompt import EOT
 from qa_train.evaluate.cli import SUMMARY_KEYS, main, summary_path_for
+from qa_train.fsutil import write_marker
 from qa_train.retrieval import BM25Retriever, make_retriever_factory, paragraphs_from_context
 from tests.conftest import make_hotpot
 
@@ -31,6 +32,7 @@ def no_eot_model(tiny_llama: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("m") / "no-eot"
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    write_marker(out, "merge")  # eval takes only finished model folders
     return out
 
 

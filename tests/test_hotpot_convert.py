@@ -55,7 +55,7 @@ def test_cli_converts_json_list(hotpot_file, tmp_path, capsys):
     assert {r["multihop"] for r in records} == {True, False}
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["records"] == len(src) and summary["multihop"] == sum(r["multihop"] for r in records)
-    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+    assert not list(tmp_path.glob(".*.tmp*")), "no temporary file left behind"
 
 
 def test_jsonl_in_and_out_with_limit(tmp_path):
@@ -110,10 +110,10 @@ def test_bad_record_names_file_record_and_field(tmp_path, capsys, mutate, field,
     src[2] = bad
     inp, out = tmp_path / "bad.json", tmp_path / "out.json"
     inp.write_text(json.dumps(src))
-    assert cli(["convert-hotpot", str(inp), str(out)]) == 1
+    assert cli(["convert-hotpot", str(inp), str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{inp}: record 2: field '{field}'" in err and problem in err
-    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_skip_invalid_counts(tmp_path, capsys):
@@ -128,19 +128,19 @@ def test_skip_invalid_counts(tmp_path, capsys):
 
 def test_bad_files(tmp_path, capsys):
     out = tmp_path / "out.json"
-    assert cli(["convert-hotpot", str(tmp_path / "missing.json"), str(out)]) == 1
+    assert cli(["convert-hotpot", str(tmp_path / "missing.json"), str(out)]) == 2
     assert "missing.json: no such file" in capsys.readouterr().err
     broken = tmp_path / "broken.json"
     broken.write_text('[{"_id": "a",\n  "question": }]')
-    assert cli(["convert-hotpot", str(broken), str(out)]) == 1
+    assert cli(["convert-hotpot", str(broken), str(out)]) == 2
     assert "broken.json: malformed JSON at line 2" in capsys.readouterr().err
     lines = tmp_path / "broken.jsonl"
     lines.write_text(json.dumps(make_hotpot(1)[0]) + "\n{nope\n")
-    assert cli(["convert-hotpot", str(lines), str(out)]) == 1
+    assert cli(["convert-hotpot", str(lines), str(out)]) == 2
     assert "broken.jsonl: malformed JSON on line 2 (record 1)" in capsys.readouterr().err
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
-    assert cli(["convert-hotpot", str(empty), str(out)]) == 1
+    assert cli(["convert-hotpot", str(empty), str(out)]) == 2
     assert "no records to write" in capsys.readouterr().err
     assert not out.exists()
 
@@ -150,7 +150,7 @@ def test_existing_output_untouched_on_failure(tmp_path):
     out.write_text("previous")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"question": "q?"}]))
-    assert cli(["convert-hotpot", str(bad), str(out)]) == 1
+    assert cli(["convert-hotpot", str(bad), str(out)]) == 2
     assert out.read_text() == "previous"
 
 

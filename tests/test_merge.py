@@ -53,8 +53,12 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _save_adapter(peft_model, tokenizer, out: Path) -> Path:
+    """As training saves one: adapter + tokenizer, then the completion marker merge requires."""
+    from qa_train.fsutil import write_marker
+
     peft_model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    write_marker(out, "train")
     return out
 
 

@@ -20,18 +20,16 @@ Output is a JSON list, or JSONL when OUT ends with ``.jsonl``, written atomicall
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from qa_train.data.loading import read_json_records
 from qa_train.data.records import RecordError, validate_record
+from qa_train.fsutil import ArgumentParser, UsageError, atomic_write_lines, check_number, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -180,21 +178,14 @@ def _lines(records: list[dict], jsonl: bool) -> Iterator[str]:
 
 def write_atomic(records: list[dict], out: Path) -> None:
     """Write next to OUT and rename, so a crash never leaves a truncated file that looks finished."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(_lines(records, out.suffix == ".jsonl"))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_lines(out, _lines(records, out.suffix == ".jsonl"))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m qa_train convert-hotpot",
         description="Convert HotpotQA records (JSON list or JSONL) into QA Expert training records.",
+        allow_abbrev=False,
     )
     p.add_argument("input", type=Path, help="HotpotQA file, e.g. hotpot_train_v1.1.json")
     p.add_argument("output", type=Path, help="output file; .jsonl -> one record per line, else a JSON list")
@@ -209,27 +200,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        print("error: --limit must be >= 1", file=sys.stderr)
-        return 2
-    if "{title}" not in args.query_template:
-        print("error: --query-template must contain {title}", file=sys.stderr)
-        return 2
+    """Exit 0; 2 with one ``error:`` line for bad flags or input records; 1 when the output cannot be written."""
     try:
+        args = _parser().parse_args(argv)
+        if args.limit is not None:
+            check_number("--limit", args.limit, args.limit >= 1, ">= 1")
+        if "{title}" not in args.query_template:
+            raise UsageError("--query-template must contain {title}")
+        check_output(args.output, "OUT", {"IN": args.input}, kind="file")
         records = read_json_records(args.input)
         if not isinstance(records, list):
-            raise ValueError(f"{args.input}: expected a JSON list of records, got {type(records).__name__}")
+            raise UsageError(f"{args.input}: expected a JSON list of records, got {type(records).__name__}")
         if args.limit is not None:
             records = records[: args.limit]
         converted, skipped = convert(records, str(args.input), args.skip_invalid, args.query_template)
         if not converted:
-            raise ValueError(
+            raise UsageError(
                 f"{args.input}: no records to write" + (f" ({skipped} skipped)" if skipped else "")
             )
-        write_atomic(converted, args.output)
-    except (ValueError, OSError) as e:  # RecordError is a ValueError
+    except UsageError as e:  # RecordError and DataError are UsageErrors
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        write_atomic(converted, args.output)
+    except OSError as e:
+        print(f"error: {args.output}: cannot write ({e.strerror or e})", file=sys.stderr)
         return 1
     summary = {
         "input": str(args.input),

@@ -10,17 +10,34 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qa_train.fsutil import UsageError, one_line
 
-class DataError(ValueError):
+
+class DataError(UsageError):
     """Unusable input data; the message names the file and what is wrong."""
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, or a DataError naming the file and the first offending byte."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a JSON or JSONL file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or directory")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{bad} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def read_json_records(path: Path) -> Any:
     """A JSON document (normally a list) or JSONL, as parsed data; every reader of record files (training,
     convert-hotpot, eval) goes through here so a syntax error always names the file and the line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file or directory")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     stripped = text.lstrip()
     if not stripped:
         raise DataError(f"{path}: file is empty")
@@ -60,7 +77,9 @@ def load_records(source: str | Path | Any) -> tuple[list[dict[str, Any]], str]:
 
             ds = datasets.load_from_disk(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure means "not a dataset folder"
-            raise DataError(f"{path}: not a `datasets` folder saved with save_to_disk ({exc})") from exc
+            raise DataError(
+                f"{path}: is a directory but not a `datasets` folder saved with save_to_disk ({one_line(exc)})"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
                 raise DataError(f"{path}: DatasetDict without a 'train' split (has {list(ds)})")

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from qa_train.data.prompt import FunctionCall, Message
+from qa_train.fsutil import UsageError
 
 
-class RecordError(ValueError):
+class RecordError(UsageError):
     """A malformed record; the message names the source, the record index and the field."""
 
     def __init__(self, source: str, index: int, field: str, problem: str) -> None:

@@ -7,11 +7,12 @@ make-smoke-data OUT_DIR`` writes train.json, validation.json and hotpot_dev.json
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
+import sys
 from pathlib import Path
+
+from qa_train.fsutil import ArgumentParser, UsageError, atomic_write_json, check_number, check_output
 
 _WORDS = (
     "river city state king queen film album band river mountain island war treaty president author novel "
@@ -76,26 +77,28 @@ def make_hotpot(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def _write_json(path: Path, data: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m qa_train make-smoke-data", description=__doc__.splitlines()[0]
+    p = ArgumentParser(
+        prog="python -m qa_train make-smoke-data", description=__doc__.splitlines()[0], allow_abbrev=False
     )
     p.add_argument("out_dir", type=Path)
     p.add_argument("--train", type=int, default=64)
     p.add_argument("--validation", type=int, default=8)
     p.add_argument("--hotpot", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(a.out_dir / "train.json", make_records(a.train, seed=a.seed, max_words=30))
-    _write_json(a.out_dir / "validation.json", make_records(a.validation, seed=a.seed + 1, max_words=30))
-    _write_json(a.out_dir / "hotpot_dev.json", make_hotpot(a.hotpot, seed=a.seed + 2))
+    try:
+        a = p.parse_args(argv)
+        for name in ("train", "validation", "hotpot"):
+            check_number(f"--{name}", getattr(a, name), getattr(a, name) >= 1, ">= 1")
+        check_output(a.out_dir, "out_dir", {}, kind="folder")
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    atomic_write_json(a.out_dir / "train.json", make_records(a.train, seed=a.seed, max_words=30), indent=1)
+    atomic_write_json(
+        a.out_dir / "validation.json", make_records(a.validation, seed=a.seed + 1, max_words=30), indent=1
+    )
+    atomic_write_json(a.out_dir / "hotpot_dev.json", make_hotpot(a.hotpot, seed=a.seed + 2), indent=1)
     print(
         json.dumps(
             {"out_dir": str(a.out_dir), "train": a.train, "validation": a.validation, "hotpot": a.hotpot}

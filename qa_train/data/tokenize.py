@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from qa_train.data.prompt import SYSTEM_MESSAGE, render
 from qa_train.data.records import RecordError, record_to_messages, validate_record
+from qa_train.fsutil import UsageError, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ IGNORE_INDEX = -100
 CACHE_VERSION = "1"
 
 
-class SampleTooLongError(ValueError):
+class SampleTooLongError(UsageError):
     """A sample exceeds max_length while truncation is off."""
 
 
@@ -165,12 +166,10 @@ def save_cache(path: Path, data: TokenizedData) -> None:
     lengths = np.asarray(data.lengths, dtype=np.int64)
     flat_ids = np.fromiter((t for s in data.input_ids for t in s), dtype=np.int64, count=int(lengths.sum()))
     flat_labels = np.fromiter((t for s in data.labels for t in s), dtype=np.int64, count=int(lengths.sum()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(
-        tmp, lengths=lengths, input_ids=flat_ids, labels=flat_labels, stats=json.dumps(asdict(data.stats))
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # ends in .npz, so np.savez keeps the name
+        np.savez(
+            tmp, lengths=lengths, input_ids=flat_ids, labels=flat_labels, stats=json.dumps(asdict(data.stats))
+        )
 
 
 def load_cache(path: Path) -> TokenizedData:

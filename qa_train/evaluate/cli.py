@@ -2,7 +2,8 @@
 
 Writes a per-question JSONL and ``<save_path stem>.summary.json`` next to it, both atomically (temp file +
 rename), so an aborted run never leaves files that look finished; prints a table; optionally uploads both to
-object storage under ``eval/``.
+object storage under ``eval/``. A local ``--model_path`` must carry the completion marker its producer (train's
+full-model save or merge) writes last, so a cut-off save is refused instead of evaluated.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -21,6 +21,14 @@ from typing import Any
 
 from qa_train.data.records import RecordError
 from qa_train.evaluate.metrics import compute_containing_acc, compute_recall
+from qa_train.fsutil import (
+    ArgumentParser,
+    UsageError,
+    atomic_write_text,
+    check_number,
+    check_output,
+    require_marker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +43,7 @@ SUMMARY_KEYS = (
 )
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UsageError):
     """Unusable evaluation input; the message names the file (and record/field)."""
 
 
@@ -120,20 +128,6 @@ def summarize(rows: list[dict[str, Any]], elapsed_s: float) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def summary_path_for(save_path: Path) -> Path:
     return save_path.with_name(save_path.stem + ".summary.json")
 
@@ -158,9 +152,15 @@ def upload_summaries(sync_to: str, run_name: str, files: list[Path], endpoint_ur
         upload_directory(sync_to, run_name, "eval", staging, endpoint_url=endpoint_url)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m qa_train eval", description=__doc__.splitlines()[0])
-    p.add_argument("--model_path", required=True, help="merged model folder (or hub id available locally)")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m qa_train eval", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
+    p.add_argument(
+        "--model_path",
+        required=True,
+        help="model folder written by merge or a full train (or a Hub model id)",
+    )
     p.add_argument("--hotpot_qa_dev_path", required=True, help="HotpotQA dev distractor JSON (list) or JSONL")
     p.add_argument("--inference_type", default="hf", choices=("hf", "vllm"))
     p.add_argument("--save_path", required=True, help="per-question JSONL; the summary goes next to it")
@@ -185,6 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Numbers and output paths, before anything is read or written: every problem names its flag."""
+    for name in ("batch_size", "max_new_tokens", "num_paragraphs", "max_hops"):
+        check_number(f"--{name}", getattr(args, name), getattr(args, name) >= 1, ">= 1")
+    if args.limit is not None:
+        check_number("--limit", args.limit, args.limit >= 1, ">= 1")
+    inputs = {"--hotpot_qa_dev_path": args.hotpot_qa_dev_path, "--model_path": args.model_path}
+    save_path = Path(args.save_path)
+    check_output(save_path, "--save_path", inputs, kind="file")
+    check_output(summary_path_for(save_path), "--save_path (its summary file)", inputs, kind="file")
+
+
+def check_model(model_path: str) -> None:
+    """A local folder must be a finished save (marker); a missing path is named, not sent to the Hub client."""
+    from qa_train.modeling import check_model_path
+
+    if check_model_path(model_path, "--model_path") == "local":
+        require_marker(model_path, "--model_path", "`python -m qa_train merge` or a full `train`")
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation described by parsed ``args``; returns the summary (also written to disk)."""
     from tqdm.auto import tqdm
@@ -193,22 +213,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from qa_train.inference.backends import make_backend
     from qa_train.retrieval import make_retriever_factory, paragraphs_from_context
 
-    for name in ("batch_size", "max_new_tokens", "num_paragraphs"):
-        if getattr(args, name) < 1:
-            raise EvalInputError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_hops < 0:
-        raise EvalInputError(f"--max_hops must be >= 0, got {args.max_hops}")
-    if args.limit is not None and args.limit < 1:
-        raise EvalInputError(f"--limit must be >= 1, got {args.limit}")
+    check_args(args)
     if args.sync_to:
         _upload_directory()  # fail before hours of generation, not after
     save_path = Path(args.save_path)
     summary_path = summary_path_for(save_path)
-    if save_path.is_dir():
-        raise EvalInputError(f"--save_path {save_path} is a directory; expected a .jsonl file path")
     summary_path.unlink(missing_ok=True)  # a stale summary must not vouch for this run's outputs
     examples = load_hotpot(args.hotpot_qa_dev_path, args.limit)
     logger.info("Loaded %d questions from %s", len(examples), args.hotpot_qa_dev_path)
+    check_model(args.model_path)
     factory = make_retriever_factory(args.retriever, args.num_paragraphs, args.e5_model)
     retrievers = [factory(paragraphs_from_context(ex.context, args.paragraph_style)) for ex in examples]
     backend = make_backend(args.inference_type, args.model_path, args.max_new_tokens, args.dtype)
@@ -250,8 +263,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "max_new_tokens": args.max_new_tokens,
         }
     )
-    _atomic_write(save_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _atomic_write(summary_path, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(save_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     print(format_table(summary))
     print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
     if args.sync_to:
@@ -266,10 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     from qa_train.retrieval import RetrieverUnavailable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
     try:
-        evaluate(args)
-    except (EvalInputError, RecordError, BackendUnavailable, RetrieverUnavailable, SyncUnavailable) as exc:
+        evaluate(build_parser().parse_args(argv))
+    except (UsageError, BackendUnavailable, RetrieverUnavailable, SyncUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -143,10 +143,11 @@ def make_backend(kind: str, model_path: str, max_new_tokens: int = 512, dtype: s
     if kind == "hf":
         try:
             return HFBackend(model_path, max_new_tokens=max_new_tokens, dtype=dtype)
-        except OSError as exc:  # missing folder / files, or a hub id that is not reachable
+        except (OSError, ValueError) as exc:  # missing files, a hub id that is unreachable or malformed
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendUnavailable(
-                f"--model_path {model_path}: cannot load model or tokenizer ({exc})"
-            ) from exc
+                f"--model_path {model_path}: cannot load model or tokenizer ({first})"
+            ) from None
     if kind == "vllm":
         return VLLMBackend(model_path, max_new_tokens=max_new_tokens, dtype=dtype)
     raise ValueError(f"--inference_type must be one of {', '.join(BACKENDS)}, got {kind!r}")
