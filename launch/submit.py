@@ -28,7 +28,7 @@ from qa_train.spec import RenderedSpec, SpecError, load_job  # noqa: E402
 logger = logging.getLogger("launch")
 DEFAULT_JOB = "jobs/mistral-qa-full.yaml"
 PASSTHROUGH_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
-COMMANDS = ("submit", "offers", "status", "logs", "cancel", "list", "resume")
+COMMANDS = ("submit", "offers", "status", "logs", "cancel", "list", "resume", "push", "check_image")
 
 
 class CliError(Exception):
@@ -439,6 +439,30 @@ class Launcher:
             print(
                 f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<10} {extra} {d['instance_id'] or '-'}"
             )
+
+    # -- images (launch/images.py) ------------------------------------------------------------------------------
+    def push(self, to: str, image: str = "qa-expert/train:latest") -> None:
+        """Tag the local IMAGE as TO (REGISTRY/NAME:TAG) and push it; prints the reference for --image.
+
+        Credentials: REGISTRY_USERNAME / REGISTRY_PASSWORD, else whatever `docker login` stored."""
+        from launch.images import ImageError, push, registry_auth_from_env
+
+        try:
+            pushed = push(str(image), str(to), registry_auth_from_env(str(to)))
+        except ImageError as e:
+            raise CliError(str(e)) from None
+        print(f"use it with: --image {pushed.ref}")
+        print(json.dumps({"image": pushed.ref, "digest": pushed.digest}))
+
+    def check_image(self, ref: str) -> None:
+        """Check that REF exists in its registry (what a cloud submit checks before renting anything)."""
+        from launch.images import ImageError, check_image, registry_auth_from_env
+
+        try:
+            digest = check_image(str(ref), registry_auth_from_env(str(ref)))
+        except ImageError as e:
+            raise CliError(str(e)) from None
+        print(f"ok: {ref}" + (f" ({digest})" if digest else ""))
 
 
 def _live_step(runs_dir: str, row) -> int | None:  # noqa: ANN001

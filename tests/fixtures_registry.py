@@ -1,0 +1,91 @@
+"""A real image registry for tests: Debian's ``docker-registry`` on a free loopback port, started by
+``scripts/start-registry.sh`` (the same script CI and people use), anonymous or with htpasswd basic auth.
+
+Docker allows plain http to registries on 127.0.0.0/8, so the engine pushes to and pulls from it as a cloud
+host pulls from Docker Hub or GHCR. A test module gets the fixtures with
+``pytest_plugins = ["tests.fixtures_registry"]``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LocalRegistry:
+    address: str  # 127.0.0.1:PORT
+    state: Path
+    pid: int
+    username: str | None = None
+    password: str | None = None
+
+    def ref(self, repository: str, tag: str = "latest") -> str:
+        return f"{self.address}/{repository}:{tag}"
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def start_registry(state: Path, *, username: str | None = None, password: str | None = None) -> LocalRegistry:
+    """Start one registry with its own storage under ``state``; with a username, basic auth (bcrypt htpasswd)."""
+    state.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env["REGISTRY_STATE"] = str(state)
+    if username is not None:
+        if shutil.which("htpasswd") is None:  # installed with docker-registry by the script
+            subprocess.run(
+                ["bash", "scripts/start-registry.sh", "--install"], cwd=REPO, check=True, timeout=600
+            )
+        line = subprocess.run(["htpasswd", "-Bbn", username, password or ""], check=True, capture_output=True,
+                              text=True, timeout=60).stdout.strip()  # fmt: skip
+        (state / "htpasswd").write_text(line + "\n")
+        env["REGISTRY_HTPASSWD"] = str(state / "htpasswd")
+    p = subprocess.run(["bash", "scripts/start-registry.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    if p.returncode != 0:
+        raise RuntimeError(f"scripts/start-registry.sh failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return LocalRegistry(address=p.stdout.strip().splitlines()[-1], state=state,
+                         pid=int((state / "pid").read_text()), username=username, password=password)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Iterator[LocalRegistry]:
+    """An anonymous registry (push and pull without credentials), its own storage, stopped at session end."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory) -> Iterator[LocalRegistry]:
+    """A registry that answers only with basic auth (``username``/``password`` random per session)."""
+    reg = start_registry(tmp_path_factory.mktemp("registry-auth"), username="qa-" + uuid.uuid4().hex[:6],
+                         password="pw-" + uuid.uuid4().hex)  # fmt: skip
+    try:
+        yield reg
+    finally:
+        reg.stop()
