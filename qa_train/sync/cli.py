@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .manifest import MANIFEST_NAME, ManifestError
-from .storage import S3Location, SyncError, check_access, make_client
+from .storage import CredentialValueError, S3Location, SyncError, check_access, make_client, scrub
 
 logger = logging.getLogger("qa_train.sync")
 
@@ -97,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                               "bytes": manifest.total_bytes}))  # fmt: skip
             return 0
         return _pull(client, loc, args.dest, not args.no_progress, args.endpoint_url)
-    except (SyncError, ManifestError) as exc:
+    except CredentialValueError as exc:  # bad input: names the variable, never prints its value
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (SyncError, ManifestError) as exc:
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return 1
 
 

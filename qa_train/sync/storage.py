@@ -10,7 +10,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from qa_train.secret_check import SecretValueError, check_secret_value
+
 SCHEME = "s3://"
+# The AWS variables whose values are secret (checked before a client is made, never echoed in an error).
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 DEFAULT_MAX_ATTEMPTS = 6
 # Parts of 16 MiB, 10 in flight: a 1 GB checkpoint is ~64 parts, enough to fill the pipe without ballooning memory.
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
@@ -23,6 +27,33 @@ class SyncError(RuntimeError):
 
 class StorageAccessError(SyncError):
     """Credentials, bucket or endpoint problem found before any work started."""
+
+
+class CredentialValueError(StorageAccessError):
+    """An AWS credential variable whose value cannot be sent (a newline, CRLF, control character): bad input."""
+
+
+def check_credential_env(env: dict[str, str] | None = None) -> None:
+    """Refuse a credential with a control character now: botocore would put it in a header and echo the
+    header, value included, in its error."""
+    env = dict(os.environ) if env is None else env
+    for name in CREDENTIAL_VARS:
+        value = env.get(name)
+        if value:
+            try:
+                check_secret_value(name, value, f"the environment variable {name}")
+            except SecretValueError as e:
+                raise CredentialValueError(str(e)) from None
+
+
+def scrub(text: str) -> str:
+    """``text`` without the values of the AWS credential variables (a library's error may quote them)."""
+    for name in CREDENTIAL_VARS:
+        value = os.environ.get(name, "")
+        for form in {value, value.strip(), repr(value)[1:-1]}:
+            if len(form) >= 8:
+                text = text.replace(form, "***")
+    return text
 
 
 @dataclass(frozen=True)
@@ -68,6 +99,7 @@ def make_client(
     endpoint_url: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS, max_pool: int = 32
 ) -> Any:
     """A boto3 S3 client with adaptive retries and checksums only where required (S3-compatible stores)."""
+    check_credential_env()
     import boto3
     from botocore.config import Config
 
@@ -117,7 +149,7 @@ def describe_error(exc: BaseException, loc: S3Location, endpoint_url: str | None
             "(or a shared credentials file / instance role)"
         )
     if isinstance(exc, EndpointConnectionError):
-        return f"cannot reach S3 endpoint for {where}: {exc}"
+        return scrub(f"cannot reach S3 endpoint for {where}: {exc}")
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -131,7 +163,7 @@ def describe_error(exc: BaseException, loc: S3Location, endpoint_url: str | None
                 f"S3 access denied for {where} ({code or status}): the credentials lack list/write permission"
             )
         return f"S3 error for {where}: {code or status} {err.get('Message', '')}".strip()
-    return f"S3 request failed for {where}: {type(exc).__name__}: {exc}"
+    return scrub(f"S3 request failed for {where}: {type(exc).__name__}: {exc}")
 
 
 def check_access(client: Any, loc: S3Location, endpoint_url: str | None = None) -> None:
