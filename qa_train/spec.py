@@ -11,12 +11,120 @@ import json
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGES = ("train", "merge", "eval")
 _S3_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
+# Docker image reference grammar (distribution/reference): [registry[:port]/]path[:tag][@algorithm:digest]
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_IMAGE_DOMAIN_RE = re.compile(rf"^{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]{{1,5}})?$")
+_IMAGE_PATH_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_IMAGE_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]{32,}$")
+_IMAGE_FORM = "[registry[:port]/]path[:tag][@sha256:digest]"
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _has_space_or_control(v: str) -> bool:
+    return any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in v)
+
+
+def image_problem(ref: str) -> str | None:
+    """Why ``ref`` is not a Docker image reference, or ``None``. Spaces, ``;`` and the like never reach a
+    ``docker run`` or a cloud's API from here."""
+    if not ref:
+        return "empty"
+    if _has_space_or_control(ref):
+        return "contains a space or control character"
+    name, _, digest = ref.partition("@")
+    if "@" in ref and not _IMAGE_DIGEST_RE.match(digest):
+        return f"bad digest {digest!r} (expected sha256:<64 hex digits>)"
+    if digest.startswith("sha256:") and not re.fullmatch(r"sha256:[a-f0-9]{64}", digest):
+        return "a sha256 digest is 64 lowercase hex digits"
+    head, slash, last = name.rpartition("/")
+    if ":" in last:
+        last, _, tag = last.partition(":")
+        if not _IMAGE_TAG_RE.match(tag):
+            return f"bad tag {tag!r}"
+    parts = [*head.split("/"), last] if slash else [last]
+    first = parts[0]
+    if len(parts) > 1 and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+        if not _IMAGE_DOMAIN_RE.match(first):
+            return f"bad registry host {first!r}"
+        parts = parts[1:]
+    for part in parts:
+        if not _IMAGE_PATH_RE.match(part):
+            return f"bad path component {part!r} (lowercase letters, digits and single '.', '_' or '-' between them)"
+    if len(name) > 255:
+        return "name longer than 255 characters"
+    return None
+
+
+def check_image(ref: str) -> str:
+    """``ref`` if it is a valid image reference, else ``ValueError`` saying why (the field is named by the caller)."""
+    problem = image_problem(ref)
+    if problem is not None:
+        raise ValueError(f"not a valid Docker image reference {ref!r}: {problem}; expected {_IMAGE_FORM}")
+    return ref
+
+
+def _check_output_root(v: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+        raise ValueError("must not contain control characters")
+    if not v.startswith("/"):
+        raise ValueError(f"must be an absolute path inside the container (got {v!r})")
+    if ".." in v.split("/"):
+        raise ValueError(f"must not contain '..' components (got {v!r})")
+    return v
+
+
+def _check_endpoint_url(v: str) -> str:
+    """An http(s) URL with a host and nothing else: credentials belong in the AWS variables, never in a spec
+    that is saved and printed (so that one is refused without echoing it)."""
+    if _has_space_or_control(v):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL (bad host or port)") from None
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not contain credentials (user:password@); set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        )
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL (got {v!r})")
+    if not parts.hostname:
+        raise ValueError(f"has no host (got {v!r})")
+    if port == 0:
+        raise ValueError(f"has port 0 (got {v!r})")
+    if parts.query or parts.fragment:
+        raise ValueError(f"must not have a query or fragment (got {v!r})")
+    return v
+
+
+def _check_s3_target(v: str) -> str:
+    if not _S3_RE.match(v) or _has_space_or_control(v):
+        raise ValueError(f"must look like s3://bucket/prefix, got {v!r}")
+    bucket, _, prefix = v[len("s3://") :].partition("/")
+    if (
+        not _BUCKET_RE.match(bucket)
+        or ".." in bucket
+        or ".-" in bucket
+        or "-." in bucket
+        or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket)
+    ):
+        raise ValueError(
+            f"bucket {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-'; "
+            "starts and ends with a letter or digit; not an IP address)"
+        )
+    comps = prefix.rstrip("/").split("/") if prefix.rstrip("/") else []
+    if any(c in ("", ".", "..") for c in comps):
+        raise ValueError(f"prefix of {v!r} has an empty, '.' or '..' component")
+    return v
 
 
 class SpecError(ValueError):
@@ -108,9 +216,12 @@ class SyncSpec(_Strict):
     @field_validator("target")
     @classmethod
     def _s3(cls, v: str) -> str:
-        if not _S3_RE.match(v):
-            raise ValueError(f"must look like s3://bucket/prefix, got {v!r}")
-        return v.rstrip("/")
+        return _check_s3_target(v).rstrip("/")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return None if v is None else _check_endpoint_url(v)
 
 
 class JobSpec(_Strict):
@@ -135,6 +246,16 @@ class JobSpec(_Strict):
         if not _RUN_NAME_RE.match(v):
             raise ValueError("letters, digits, '.', '_' and '-' only (it becomes a path and an S3 prefix)")
         return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        return check_image(v)
+
+    @field_validator("output_root")
+    @classmethod
+    def _output_root(cls, v: str) -> str:
+        return _check_output_root(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
@@ -212,6 +333,11 @@ class RenderedSpec(_Strict):
     plan: Plan
     job: JobSpec
     memory: dict[str, Any] | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        return check_image(v)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -90,6 +90,46 @@ def test_inconsistent_specs_are_refused(patch, message):
         parse_job({"run_name": "x", **BASE, **patch}, "jobs/x.yaml")
 
 
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"image": "qa expert/train"}, r"image: not a valid Docker image reference 'qa expert/train'"),
+        ({"image": "qa-expert/train;id"}, "image: not a valid Docker image reference"),
+        ({"image": "qa-expert/Train"}, "image: .*bad path component 'Train'"),
+        ({"image": "img@sha256:abc"}, "image: .*bad digest"),
+        ({"output_root": "../../../etc"}, "output_root: must be an absolute path"),
+        ({"output_root": "/runs/../etc"}, "output_root: must not contain '..'"),
+        ({"sync": {"target": "s3://bkt/x", "endpoint_url": "ftp://x"}}, "sync.endpoint_url: must be an http"),
+        (
+            {"sync": {"target": "s3://bkt/x", "endpoint_url": "http://user:pw@host"}},
+            "sync.endpoint_url: .*credentials",
+        ),
+        (
+            {"sync": {"target": "s3://bkt/x", "endpoint_url": "http://host/?x=1"}},
+            "sync.endpoint_url: .*query",
+        ),
+        ({"sync": {"target": "s3://bkt/x", "endpoint_url": "https://"}}, "sync.endpoint_url: has no host"),
+        ({"sync": {"target": "s3://a..b/x"}}, "sync.target: bucket 'a..b' is not a valid S3 bucket name"),
+        ({"sync": {"target": "s3://10.0.0.1/x"}}, "sync.target: bucket .*not a valid"),
+        ({"sync": {"target": "s3://bkt/a/../b"}}, r"sync.target: prefix .* '\.\.' component"),
+    ],
+)
+def test_bad_field_values_are_named(patch, message):
+    with pytest.raises(SpecError, match=message) as e:
+        parse_job({"run_name": "x", **BASE, **patch}, "jobs/x.yaml")
+    assert str(e.value).startswith("jobs/x.yaml: ")
+    assert "pw@" not in str(e.value)  # credentials in a URL are never echoed
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["qa-expert/train:latest", "ubuntu", "localhost:5000/a/b:1", "ghcr.io/org/img:v1.2-rc",
+     "registry.example.com:443/ns/img@sha256:" + "a" * 64, "docker.io/library/python:3.11-slim"],
+)  # fmt: skip
+def test_valid_image_references(image):
+    assert parse_job({"run_name": "x", **BASE, "image": image}).image == image
+
+
 def test_eval_needs_the_hotpot_path():
     with pytest.raises(SpecError, match="needs data.hotpot_qa_dev_path"):
         parse_job({"run_name": "x", "model": {"name_or_path": "m"}, "data": {"train_path": "t"}})
