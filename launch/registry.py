@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +74,33 @@ class JobRow:
         return dict(self.__dict__)
 
 
+class RegistryError(RuntimeError):
+    """The registry file cannot be used (not a database, unreadable); one line, no traceback."""
+
+
+def _default_redact(value: Any) -> Any:
+    from launch.credentials import redact
+
+    return redact(value)
+
+
 class Registry:
-    def __init__(self, root: str | Path = "runs"):
+    def __init__(self, root: str | Path = "runs", redact: Callable[[Any], Any] | None = None):
+        """``redact`` is applied to every reason and info value before it is stored (default: every secret
+        value the launcher has seen, see ``launch.credentials.redact``), so the registry never holds one."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "registry.sqlite"
-        with self._conn() as c:
-            c.executescript(SCHEMA)
+        self._redact = redact or _default_redact
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._conn() as c:
+                c.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:  # a file of garbage, a truncated copy, a folder in its place
+            raise RegistryError(
+                f"{self.path} is not a job registry ({e}); move it away to start a new one"
+            ) from None
+        except OSError as e:
+            raise RegistryError(f"{self.path}: cannot create the job registry: {e.strerror or e}") from None
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -115,6 +135,7 @@ class Registry:
 
     def update(self, job_id: str, *, state: str | None = None, reason: str = "", **fields: Any) -> None:
         now = time.time()
+        reason = self._redact(reason)
         sets, vals = ["updated_at=?"], [now]
         if state is not None:
             sets.append("state=?")
@@ -128,7 +149,7 @@ class Registry:
             if fields:
                 old = c.execute("SELECT info FROM jobs WHERE job_id=?", (job_id,)).fetchone()
                 info = json.loads(old["info"]) if old else {}
-                info.update(fields)
+                info.update(self._redact(fields))
                 sets.append("info=?")
                 vals.append(json.dumps(info))
             c.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id=?", (*vals, job_id))
@@ -144,6 +165,7 @@ class Registry:
         """Atomically move to ``state`` unless the job is in one of ``unless`` (e.g. a user's CANCELLED must
         not be overwritten by a controller that did not see it yet). Returns whether it moved."""
         now = time.time()
+        reason = self._redact(reason)
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
             row = c.execute("SELECT state, instance_id FROM jobs WHERE job_id=?", (job_id,)).fetchone()
@@ -210,7 +232,7 @@ class Registry:
         with self._conn() as c:
             c.execute(
                 "UPDATE launches SET ended_at=?, end_reason=? WHERE job_id=? AND instance_id=? AND ended_at IS NULL",
-                (time.time(), reason, job_id, instance_id),
+                (time.time(), self._redact(reason), job_id, instance_id),
             )
 
     def launches(self, job_id: str) -> list[dict[str, Any]]:
