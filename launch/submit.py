@@ -19,10 +19,18 @@ import logging  # noqa: E402
 import os  # noqa: E402
 from typing import Any  # noqa: E402
 
+from launch import cli_args  # noqa: E402
+from launch.credentials import (  # noqa: E402
+    CONTAINER_SECRETS,
+    SecretError,
+    check_environment,
+    install_log_redaction,
+    load_secrets,
+    redact,
+)
 from launch.gpus import PROFILES, get_profile  # noqa: E402
-from launch.registry import Registry  # noqa: E402
+from launch.registry import Registry, RegistryError  # noqa: E402
 from launch.render import PlanError, mode_of, render  # noqa: E402
-from launch.credentials import CONTAINER_SECRETS, SecretError, load_secrets, redact  # noqa: E402
 from qa_train.spec import RenderedSpec, SpecError, load_job  # noqa: E402
 
 logger = logging.getLogger("launch")
@@ -481,30 +489,46 @@ def _live_step(runs_dir: str, row) -> int | None:  # noqa: ANN001
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success, 2 for bad input (unknown flag or command, bad value, spec, plan or secret: nothing
+    was rendered, recorded or rented), 1 for a runtime failure (backend, API, registry); one ``error:`` line."""
+    from pydantic import ValidationError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
-        argv = ["submit", *argv]  # the bare form `submit.py --gpu a100` submits
     logging.basicConfig(
         level=os.environ.get("QA_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()  # every secret value the launcher sees is redacted from every log line
     runs_dir = os.environ.get("QA_RUNS_ROOT", "runs")
     import fire
 
     try:
+        check_environment()  # a key with a newline is refused by name before any command runs
+        command = cli_args.parse(Launcher, argv, COMMANDS, default="submit", **cli_args.launcher_rules())
         launcher = Launcher(runs_dir)
-        fire.Fire(launcher, command=argv, name="submit.py")
-    except (SpecError, PlanError, SecretError, CliError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        fire.Fire(launcher, command=command, name="submit.py")
+    except (cli_args.UsageError, SpecError, PlanError, SecretError) as e:
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # a rendered spec built from a flag (e.g. --image) that the spec refuses
+        from qa_train.spec import format_validation_error
+
+        print(f"error: {format_validation_error(e, 'command line')}", file=sys.stderr)
+        return 2
+    except (CliError, RegistryError) as e:
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         from launch.backends.base import BackendError
         from launch.backends.transport import ApiError
 
         if isinstance(e, BackendError | ApiError):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {redact(str(e))}", file=sys.stderr)
             return 1
         raise
-    except SystemExit as e:  # fire's usage errors
+    except SystemExit as e:  # fire's own usage errors (after the checks above, only help output)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     return launcher._exit_code
 

@@ -16,7 +16,9 @@ from tests.doubles.runpod_api import RunpodDouble, make_gpu_type
 from tests.doubles.vast_api import VastDouble, make_offer
 
 REPO = Path(__file__).resolve().parent.parent
-HOSTILE = "s3cr3t \"dq\" 'sq' $HOME ${PATH} `id` ; rm -rf / \\ \nline two"
+# Every shell/JSON metacharacter, but no newline: a secret with a control character is refused up front
+# (tests/test_bad_input_launcher.py).
+HOSTILE = "s3cr3t \"dq\" 'sq' $HOME ${PATH} `id` ; rm -rf / \\ line two"
 VAST_KEY = "vast-cli-key-0987"
 
 
@@ -49,11 +51,11 @@ def test_bare_gpu_form_and_errors(tmp_path):
     p = cli(["--gpu", "a100", "--dry_run"], tmp_path)
     assert p.returncode == 0 and json.loads(p.stdout)["deepspeed"]["zero_optimization"]["stage"] == 3
     p = cli(["--gpu", "a6000", "--num_gpus", "1", "--offload", "none", "--dry_run"], tmp_path)
-    assert p.returncode == 1 and "does not fit on RTX A6000" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "does not fit on RTX A6000" in p.stderr and "Traceback" not in p.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {name_or_path: m}\ndata: {train_path: t}\ntraining: {epochs: 3}\n")
     p = cli(["--gpu", "cpu", "--job", str(bad), "--dry_run"], tmp_path)
-    assert p.returncode == 1 and f"{bad}: training.epochs: unknown key" in p.stderr
+    assert p.returncode == 2 and f"{bad}: training.epochs: unknown key" in p.stderr
 
 
 @pytest.mark.parametrize("managed", [False, True])
