@@ -35,6 +35,8 @@ class LocalRegistry:
         return f"{self.address}/{repository}:{tag}"
 
     def stop(self) -> None:
+        """Stop the server and drop the local tags that point into it (pushes leave them on the engine)."""
+        self.untag_local()
         try:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -46,6 +48,18 @@ class LocalRegistry:
                 return
             time.sleep(0.1)
         os.kill(self.pid, signal.SIGKILL)
+
+    def untag_local(self) -> None:
+        try:
+            import docker
+
+            client = docker.from_env()
+            for image in client.images.list():
+                for tag in image.tags:
+                    if tag.startswith(self.address + "/"):
+                        client.images.remove(tag)
+        except Exception:  # no engine: nothing was tagged through it either
+            pass
 
 
 def start_registry(state: Path, *, username: str | None = None, password: str | None = None) -> LocalRegistry:

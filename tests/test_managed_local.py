@@ -9,7 +9,6 @@ image from docker/Dockerfile.cpu (cached layers; set QA_CPU_IMAGE=tag to use an 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,41 +23,10 @@ from launch.backends.local import LABEL
 from launch.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
-BASE = "qa-expert/base:bookworm"
-DEFAULT_TAG = "qa-expert/train-cpu:latest"  # compose.yaml's tag for docker/Dockerfile.cpu
 MAX_STEPS = 120  # long enough (tens of seconds) that the kill lands before the end, even on a fast machine
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
-
-
-def _run(cmd: list[str], timeout: float) -> None:
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        raise AssertionError(f"`{' '.join(cmd)}` failed ({p.returncode}):\n{(p.stdout + p.stderr)[-4000:]}")
-
-
-@pytest.fixture(scope="session")
-def cpu_image(docker_engine) -> str:
-    """The project's CPU image, built from the working tree (only the project layer changes between runs)."""
-    import docker
-
-    client = docker.from_env()
-    given = os.environ.get("QA_CPU_IMAGE")
-    if given:
-        try:
-            client.images.get(given)
-        except docker.errors.ImageNotFound:
-            pytest.fail(f"QA_CPU_IMAGE={given} is not an image on this engine")
-        return given
-    try:
-        client.images.get(BASE)
-    except docker.errors.ImageNotFound:
-        _run(["bash", "scripts/seed-base-image.sh"], timeout=1800)
-    if not list((REPO / "docker" / "wheels").glob("torch-*.whl")):
-        _run(["bash", "scripts/build-wheelhouse.sh"], timeout=3600)
-    _run(["docker", "build", "-f", "docker/Dockerfile.cpu", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}",
-          "--build-arg", "PIP_OFFLINE=1", "-t", DEFAULT_TAG, "."], timeout=3600)  # fmt: skip
-    return DEFAULT_TAG
+pytest_plugins = ["tests.fixtures_images"]  # cpu_image
 
 
 @pytest.fixture
