@@ -16,10 +16,14 @@ Layout of one run (``<target>`` is the job's ``sync.target``, e.g. ``s3://bucket
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 SPEC_NAME = "spec.json"
@@ -38,6 +42,8 @@ ENV_KEEP_INSTANCE = "QA_KEEP_INSTANCE"  # "1": do not stop the instance at the e
 # What the clouds inject into every instance (scoped to that one instance).
 VAST_INJECTED = ("CONTAINER_ID", "CONTAINER_API_KEY")
 RUNPOD_INJECTED = ("RUNPOD_POD_ID", "RUNPOD_API_KEY")
+# Which committed folder proves a stage done (a relaunch skips it): train → final/, merge → merged/, eval → eval/.
+STAGE_OUTPUTS = {"train": FINAL, "merge": MERGED, "eval": EVAL}
 
 
 def run_uri(target: str, run_name: str) -> str:
@@ -97,10 +103,13 @@ class RunState(StrEnum):
 
 @dataclass
 class StageResult:
+    """One stage of this launch. ``skipped``: its output was already committed by an earlier launch."""
+
     name: str
     exit_code: int | None = None  # None while the stage runs
     seconds: float | None = None
     started_at: float | None = None
+    skipped: bool = False
 
 
 @dataclass
@@ -141,16 +150,38 @@ class RunReport:
             doc = json.loads(text)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
-            stages = [StageResult(**s) for s in doc.get("stages") or []]
+            fields = StageResult.__dataclass_fields__
+            # unknown keys are dropped, so a report written by a newer container still parses here
+            stages = [
+                StageResult(**{k: v for k, v in s.items() if k in fields}) for s in doc.get("stages") or []
+            ]
             known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__ and k != "stages"}
             known["state"] = RunState(known.get("state", "running"))
             return cls(stages=stages, **known)
         except (ValueError, TypeError) as e:
             raise ReportError(f"{source}: not a run report: {e}") from None
 
+    def write_local(self, path: str | Path) -> None:
+        """Atomic for readers (temp file in the same folder, fsync, rename): never a half-written report."""
+        atomic_write_text(Path(path), self.to_json())
+
 
 class ReportError(ValueError):
     """A report that cannot be parsed (names where it was read)."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def report_dict(report: RunReport) -> dict[str, Any]:
@@ -269,3 +300,155 @@ class RunStore:
     def committed_step(self) -> int | None:
         steps = [f.step for f in self.folders() if f.step is not None and f.committed]
         return max(steps) if steps else None
+
+    def committed(self) -> set[str]:
+        """Names of the committed top-level folders (``final``, ``merged``, ``checkpoint-4``, …)."""
+        return {f.name for f in self.folders() if f.committed}
+
+    @classmethod
+    def for_object(
+        cls, uri: str, endpoint_url: str | None = None, credentials: dict[str, str] | None = None
+    ) -> tuple[RunStore, str]:
+        """A store rooted at the object's folder and the object's name: ``s3://b/p/r/spec.json`` → (…/r, spec.json).
+
+        Raises ``ValueError`` for anything that is not ``s3://bucket/key``."""
+        bucket, key = split_s3_uri(uri)
+        parent, _, name = key.rpartition("/")
+        root = f"s3://{bucket}/{parent}" if parent else f"s3://{bucket}"
+        return cls(RunLayout(root), endpoint_url, credentials), name
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → (bucket, key); ``ValueError`` naming the URI when either part is missing."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key.strip("/"):
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI (bucket and key both needed)")
+    return bucket, key
+
+
+# -- inputs: the URI forms a spec's data/model paths may take (the launcher may check them before renting) --
+
+HF_SCHEME = "hf://"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint(env: dict[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return (env.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def input_kind(path: str) -> str:
+    """``s3`` | ``http`` | ``hf`` | ``local`` (``ValueError`` for another ``scheme://``)."""
+    if path.startswith("s3://"):
+        return "s3"
+    if path.startswith(("https://", "http://")):
+        return "http"
+    if path.startswith(HF_SCHEME):
+        return "hf"
+    if "://" in path:
+        raise ValueError(f"{path!r}: unsupported URI scheme (use s3://, https://, hf://datasets/… or a path)")
+    return "local"
+
+
+def hub_file_url(uri: str, env: dict[str, str] | None = None) -> str:
+    """``hf://datasets/<org>/<name>[@<revision>]/<path>`` → ``<hub>/datasets/<org>/<name>/resolve/<rev>/<path>``.
+
+    The hub is ``HF_ENDPOINT`` (else huggingface.co); revision defaults to ``main``."""
+    rest = uri[len(HF_SCHEME) :] if uri.startswith(HF_SCHEME) else ""
+    parts = rest.split("/")
+    if len(parts) < 4 or parts[0] != "datasets" or not all(parts[1:]):
+        raise ValueError(f"{uri!r}: expected hf://datasets/<org>/<name>/<path to a file>")
+    org, name, path = parts[1], parts[2], "/".join(parts[3:])
+    name, _, revision = name.partition("@")
+    if not name or any(p in (".", "..") for p in parts):
+        raise ValueError(f"{uri!r}: expected hf://datasets/<org>/<name>/<path to a file>")
+    return f"{hub_endpoint(env)}/datasets/{org}/{name}/resolve/{revision or 'main'}/{path}"
+
+
+# -- upload-data: the user's local files into object storage (launcher side; boto3 imported lazily) --
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    uri: str
+    size: int
+    skipped: bool  # already there, same size and content
+
+
+def _md5_sha256(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def upload_dir(
+    local_dir: str | Path,
+    uri: str,
+    credentials: dict[str, str] | None = None,
+    endpoint_url: str | None = None,
+    *,
+    progress: bool = True,
+) -> list[UploadedFile]:
+    """Upload every file under ``local_dir`` to ``uri/<relative path>``; a file already there is skipped.
+
+    "Already there" = same size and same content: the ETag equals the local MD5 (single-part uploads) or the
+    object's ``sha256`` metadata (which this function sets on every upload, multipart included). A single
+    file may be given instead of a folder: it lands at ``uri/<name>``. Raises ``ValueError`` for a bad URI or
+    an empty folder, ``OSError`` for an unreadable local path, botocore errors for storage problems.
+    """
+    src = Path(local_dir)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    if not files:
+        raise ValueError(f"{src}: no files to upload")
+    bucket, _ = split_s3_uri(uri.rstrip("/") + "/x")
+    prefix = uri.rstrip("/")[len(f"s3://{bucket}") :].strip("/")
+    store = RunStore(RunLayout(f"s3://{bucket}"), endpoint_url, credentials)
+    client = store.client
+    from botocore.exceptions import ClientError
+
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            total = sum(p.stat().st_size for p in files)
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {src.name}")
+        except ImportError:
+            bar = None
+    out: list[UploadedFile] = []
+    try:
+        for path in files:
+            rel = path.name if src.is_file() else path.relative_to(src).as_posix()
+            key = f"{prefix}/{rel}" if prefix else rel
+            size = path.stat().st_size
+            md5, sha = _md5_sha256(path)
+            try:
+                head = client.head_object(Bucket=bucket, Key=key)
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+                head = None
+            same = (
+                head is not None
+                and head.get("ContentLength") == size
+                and (head.get("ETag", "").strip('"') == md5 or head.get("Metadata", {}).get("sha256") == sha)
+            )
+            if not same:
+                client.upload_file(
+                    str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}},
+                    Callback=bar.update if bar is not None else None,
+                )  # fmt: skip
+            elif bar is not None:
+                bar.update(size)
+            out.append(UploadedFile(f"s3://{bucket}/{key}", size, same))
+    finally:
+        if bar is not None:
+            bar.close()
+    return out

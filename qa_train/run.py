@@ -1,10 +1,16 @@
 """``python -m qa_train run [SPEC | --spec PATH]``: execute a job spec's stages in order inside the container.
 
 The spec is a job YAML/JSON file, a rendered spec (``runs/<job_id>/spec.json``), or — with no argument — the
-rendered spec JSON in env ``QA_JOB_SPEC`` (how every launcher backend passes it). Stages run as subprocesses
-(train: ``python -m qa_train train …`` or ``deepspeed --num_gpus N --module qa_train train … --deepspeed
-cfg.json``; merge for LoRA/QLoRA; eval) with their output streamed as it comes; the first failing stage stops
-the run with its name and exit status. Imports nothing heavy: the stages do the work.
+rendered spec JSON in env ``QA_JOB_SPEC`` (local backend) or its ``s3://…/spec.json`` URI in ``QA_JOB_SPEC_URI``
+(cloud backends: clouds cap env values). Inputs given as s3:// / https:// / hf:// URIs are fetched first (stage
+``inputs``). Stages run as subprocesses (train: ``python -m qa_train train …`` or ``deepspeed --num_gpus N
+--module qa_train train … --deepspeed cfg.json``; merge for LoRA/QLoRA; eval) with their output streamed as it
+comes; the first failing stage stops the run with its name and exit status.
+
+The run report (``qa_train.contract.RunReport``) is rewritten at every change: ``<run_dir>/report.json`` and,
+with ``sync``, ``<target>/<run_name>/report.json`` — the launcher decides from it, never from log lines. A stage
+whose output an earlier launch already committed (final/, merged/, eval/) is skipped. When the report is final
+the instance stops itself on vast/RunPod (``qa_train.instance_stop``). Imports nothing heavy: stages do the work.
 """
 
 from __future__ import annotations
@@ -15,16 +21,37 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from qa_train.contract import (
+    ENV_BACKEND,
+    ENV_SPEC,
+    ENV_SPEC_URI,
+    FINAL,
+    MERGED,
+    REPORT_NAME,
+    STAGE_OUTPUTS,
+    RunLayout,
+    RunReport,
+    RunState,
+    RunStore,
+    StageResult,
+    atomic_write_text,
+)
 from qa_train.spec import JobSpec, Plan, RenderedSpec, SpecError, load_any
 
 logger = logging.getLogger("qa_train.run")
-ENV_VAR = "QA_JOB_SPEC"
+ENV_VAR = ENV_SPEC
+ENV_REPORT_INTERVAL = "QA_REPORT_INTERVAL"  # seconds between committed-step checks during train (default 30)
+EXIT_STORAGE = 3
 
 
 @dataclass
@@ -32,6 +59,12 @@ class Stage:
     name: str
     commands: list[list[str]]
     skip_if_exists: list[str | None] = field(default_factory=list)  # per command: skip when this path exists
+    # Python work instead of commands (the inputs stage): returns (exit code, error line or None)
+    action: Callable[[], tuple[int, str | None]] | None = None
+    # with sync: the committed folder that proves this stage done, and (folder, local dir, proof file) it needs
+    # locally when an earlier stage was skipped on a fresh disk
+    output: str | None = None
+    needs: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _b(v: bool) -> str:
@@ -137,7 +170,7 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
             else:
                 cmds.append([*py, "train", *train_flags(job, plan)])
             skips.append(None)
-            stages.append(Stage("train", cmds, skips))
+            stages.append(Stage("train", cmds, skips, output=STAGE_OUTPUTS["train"] if job.sync else None))
         elif name == "merge":
             cmd = [*py, "merge", "--save_folder", job.merged_dir(), "--pretrained_path", job.base_model(),
                    "--checkpoint", job.train_output_dir()]  # fmt: skip
@@ -150,7 +183,15 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                     push += ["--endpoint_url", job.sync.endpoint_url]
                 dest = f"{job.sync.target.rstrip('/')}/{job.run_name}/merged"
                 merge_cmds.append([*push, "push", job.merged_dir(), dest, "--no_progress"])
-            stages.append(Stage("merge", merge_cmds, [None] * len(merge_cmds)))
+            stages.append(
+                Stage(
+                    "merge",
+                    merge_cmds,
+                    [None] * len(merge_cmds),
+                    output=STAGE_OUTPUTS["merge"] if job.sync else None,
+                    needs=[(FINAL, job.train_output_dir(), "train_summary.json")] if job.sync else [],
+                )
+            )
         elif name == "eval":
             if job.use_lora:
                 model_path = job.merged_dir()
@@ -167,7 +208,14 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                 cmd += ["--sync_to", job.sync.target, "--run_name", job.run_name]
                 if job.sync.endpoint_url:
                     cmd += ["--s3_endpoint_url", job.sync.endpoint_url]
-            stages.append(Stage("eval", [cmd], [None]))
+            needs: list[tuple[str, str, str]] = []
+            if job.sync and model_path == job.merged_dir():
+                needs = [(MERGED, model_path, "config.json")]
+            elif job.sync and model_path == job.train_output_dir():
+                needs = [(FINAL, model_path, "train_summary.json")]
+            stages.append(
+                Stage("eval", [cmd], [None], output=STAGE_OUTPUTS["eval"] if job.sync else None, needs=needs)
+            )
     return stages
 
 
@@ -183,43 +231,258 @@ class _Child:
         raise SystemExit(128 + signum)
 
 
-def run_stages(stages: list[Stage], summary_path: Path | None = None) -> int:
-    results = []
-    code = 0
-    for stage in stages:
-        t0 = time.monotonic()
-        print(f"[run] stage '{stage.name}' starting", file=sys.stderr, flush=True)
-        stage_code = 0
-        for cmd, skip in zip(
-            stage.commands, stage.skip_if_exists or [None] * len(stage.commands), strict=False
-        ):
-            if skip and Path(skip).exists():
-                print(
-                    f"[run] {skip} exists; skipping {cmd[3] if len(cmd) > 3 else cmd[0]}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                continue
-            print(
-                "[run] $ " + " ".join(cmd), file=sys.stderr, flush=True
-            )  # holds no secret: those are env only
+def instance_id(env: dict[str, str] | os._Environ[str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("CONTAINER_ID") or env.get("RUNPOD_POD_ID") or env.get("HOSTNAME") or socket.gethostname()
+
+
+class Reporter:
+    """Keeps ``report.json`` current: locally (atomic rename) always, in object storage (one PUT) with sync.
+
+    A storage hiccup while writing the report is a warning, never a failed run: the stages themselves fail
+    when storage is really gone. Thread-safe (the committed-step watcher writes from its own thread).
+    """
+
+    def __init__(self, job: JobSpec, run_dir: Path, env: dict[str, str] | os._Environ[str] | None = None):
+        env = os.environ if env is None else env
+        self.local_path = run_dir / REPORT_NAME
+        self.store = (
+            RunStore(RunLayout.of(job.sync.target, job.run_name), job.sync.endpoint_url) if job.sync else None
+        )
+        self._lock = threading.RLock()
+        self._warned: set[str] = set()
+        self._stop_watch = threading.Event()
+        self._watcher: threading.Thread | None = None
+        prev = self._previous()
+        self.report = RunReport(
+            run_name=job.run_name,
+            instance_id=instance_id(env),
+            backend=env.get(ENV_BACKEND) or None,
+            launch=prev.launch + 1 if prev else 1,
+            last_committed_step=prev.last_committed_step if prev else None,
+        )
+        self.write()
+
+    def _warn_once(self, what: str, exc: BaseException) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            print(f"[run] warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    def _previous(self) -> RunReport | None:
+        found: list[RunReport] = []
+        if self.store is not None:
             try:
-                _Child.proc = subprocess.Popen(cmd)  # inherits stdout/stderr: output streams as it comes
+                if (r := self.store.read_report()) is not None:
+                    found.append(r)
+            except Exception as e:  # noqa: BLE001 - unreadable or unreachable: count from the local copy
+                self._warn_once(f"cannot read the previous report {self.store.layout.report}", e)
+        try:
+            found.append(RunReport.from_json(self.local_path.read_text(), str(self.local_path)))
+        except (OSError, ValueError):
+            pass
+        return max(found, key=lambda r: r.launch) if found else None
+
+    def write(self) -> None:
+        with self._lock:
+            self.report.updated_at = time.time()
+            text = self.report.to_json()
+            try:
+                atomic_write_text(self.local_path, text)
             except OSError as e:
-                print(f"[run] cannot start {cmd[0]}: {e}", file=sys.stderr)
-                stage_code = 127
-                break
-            stage_code = _Child.proc.wait()
-            _Child.proc = None
-            if stage_code != 0:
-                break
+                self._warn_once(f"cannot write {self.local_path}", e)
+            if self.store is not None:
+                try:
+                    self.store.put_text(REPORT_NAME, text)
+                except Exception as e:  # noqa: BLE001 - see the class docstring
+                    self._warn_once(f"cannot write {self.store.layout.report}", e)
+
+    def committed(self) -> set[str]:
+        """Folders an earlier launch committed (empty without sync or when storage cannot be listed)."""
+        if self.store is None:
+            return set()
+        try:
+            return self.store.committed()
+        except Exception as e:  # noqa: BLE001 - then every stage runs again (train resumes from storage)
+            self._warn_once(f"cannot list {self.store.layout.root}; no stage is skipped", e)
+            return set()
+
+    def refresh_step(self) -> None:
+        if self.store is None:
+            return
+        try:
+            step = self.store.committed_step()
+        except Exception as e:  # noqa: BLE001 - a stale step is fine; the next check tries again
+            self._warn_once("cannot list committed checkpoints", e)
+            return
+        with self._lock:
+            if step is not None and step != self.report.last_committed_step:
+                self.report.last_committed_step = step
+                self.write()
+
+    def stage_started(self, name: str) -> StageResult:
+        with self._lock:
+            result = StageResult(name, started_at=time.time())
+            self.report.stages.append(result)
+            self.write()
+        return result
+
+    def stage_ended(self, result: StageResult, code: int, seconds: float, skipped: bool = False) -> None:
+        with self._lock:
+            result.exit_code, result.seconds, result.skipped = code, seconds, skipped
+        self.refresh_step()
+        self.write()
+
+    def watch(self, interval: float) -> None:
+        """Check the committed step every ``interval`` s in a daemon thread until ``unwatch``."""
+        if self.store is None or interval <= 0:
+            return
+        self._stop_watch.clear()
+
+        def loop() -> None:
+            while not self._stop_watch.wait(interval):
+                self.refresh_step()
+
+        self._watcher = threading.Thread(target=loop, name="report-step", daemon=True)
+        self._watcher.start()
+
+    def unwatch(self) -> None:
+        self._stop_watch.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+
+    def finish(self, ok: bool, error: str | None) -> None:
+        with self._lock:
+            self.report.state = RunState.SUCCEEDED if ok else RunState.FAILED
+            self.report.error = error
+        self.write()
+
+    def interrupted(self, code: int) -> None:
+        """A signal (docker stop, preemption): the report stays ``running`` so the controller may relaunch."""
+        with self._lock:
+            self.report.error = f"interrupted (exit {code}); state left running for the controller to decide"
+        self.write()
+
+
+def restore(store: RunStore, folder: str, local: Path) -> None:
+    """Pull a committed folder (e.g. final/) into ``local`` (kept files of the same name are replaced)."""
+    from qa_train.sync.storage import S3Location, make_client
+    from qa_train.sync.transfer import pull_directory
+
+    tmp = local.parent / f".restore-{local.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    client = make_client(store.endpoint_url)
+    pull_directory(
+        client,
+        S3Location.parse(store.layout.child(folder)),
+        tmp,
+        progress=False,
+        endpoint_url=store.endpoint_url,
+    )
+    local.mkdir(parents=True, exist_ok=True)
+    for entry in tmp.iterdir():
+        target = local / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    tmp.rmdir()
+
+
+def _run_commands(stage: Stage, only_prep: bool = False) -> int:
+    code = 0
+    for cmd, skip in zip(stage.commands, stage.skip_if_exists or [None] * len(stage.commands), strict=False):
+        if only_prep and not skip:
+            continue  # a stage done earlier still runs its idempotent preparation (the tiny base model)
+        if skip and Path(skip).exists():
+            print(
+                f"[run] {skip} exists; skipping {cmd[3] if len(cmd) > 3 else cmd[0]}",
+                file=sys.stderr,
+                flush=True,
+            )
+            continue
+        print("[run] $ " + " ".join(cmd), file=sys.stderr, flush=True)  # holds no secret: those are env only
+        try:
+            _Child.proc = subprocess.Popen(cmd)  # inherits stdout/stderr: output streams as it comes
+        except OSError as e:
+            print(f"[run] cannot start {cmd[0]}: {e}", file=sys.stderr)
+            return 127
+        code = _Child.proc.wait()
+        _Child.proc = None
+        if code != 0:
+            return code
+    return code
+
+
+def run_stages(
+    stages: list[Stage], summary_path: Path | None = None, reporter: Reporter | None = None
+) -> int:
+    """Run the stages in order; the first failure stops the run. With a reporter, the report follows each stage
+    and ends final (succeeded / failed + the error line)."""
+    results: list[dict[str, Any]] = []
+    code, error = 0, None
+    done = reporter.committed() if reporter is not None else set()
+    skipped_outputs: set[str] = set()
+    interval = float(os.environ.get(ENV_REPORT_INTERVAL) or 30)
+    is_done = [s.output is not None and s.output in done for s in stages]
+    for i, stage in enumerate(stages):
+        t0 = time.monotonic()
+        skip = is_done[i]
+        entry = reporter.stage_started(stage.name) if reporter is not None else None
+        stage_error = None
+        if skip:
+            print(
+                f"[run] stage '{stage.name}': {stage.output}/ already committed; skipping",
+                file=sys.stderr,
+                flush=True,
+            )
+            skipped_outputs.add(stage.output)  # type: ignore[arg-type]
+            # its preparation (the tiny base model) still runs when a later stage needs it
+            stage_code = _run_commands(stage, only_prep=True) if not all(is_done[i:]) else 0
+        else:
+            print(f"[run] stage '{stage.name}' starting", file=sys.stderr, flush=True)
+            stage_code = 0
+            for folder, local, proof in stage.needs:
+                if folder in skipped_outputs and reporter is not None and reporter.store is not None:
+                    if (Path(local) / proof).exists():
+                        continue
+                    print(f"[run] restoring {folder}/ from storage into {local}", file=sys.stderr, flush=True)
+                    try:
+                        restore(reporter.store, folder, Path(local))
+                    except Exception as e:  # noqa: BLE001 - one line naming the folder, exit 3 (storage)
+                        stage_code, stage_error = (
+                            EXIT_STORAGE,
+                            f"cannot restore {reporter.store.layout.child(folder)}: {e}",
+                        )
+                        break
+            if stage_code == 0:
+                if stage.action is not None:
+                    stage_code, stage_error = stage.action()
+                else:
+                    if reporter is not None and stage.name == "train":
+                        reporter.watch(interval)
+                    try:
+                        stage_code = _run_commands(stage)
+                    finally:
+                        if reporter is not None:
+                            reporter.unwatch()
         secs = round(time.monotonic() - t0, 1)
-        results.append({"stage": stage.name, "exit_code": stage_code, "seconds": secs})
+        if entry is not None:
+            reporter.stage_ended(entry, stage_code, secs, skipped=skip)  # type: ignore[union-attr]
+        results.append(
+            {
+                "stage": stage.name,
+                "exit_code": stage_code,
+                "seconds": secs,
+                **({"skipped": True} if skip else {}),
+            }
+        )
         if stage_code != 0:
-            print(f"error: stage '{stage.name}' failed (exit {stage_code})", file=sys.stderr, flush=True)
+            error = stage_error or f"stage '{stage.name}' failed (exit {stage_code})"
+            print(f"error: {error}", file=sys.stderr, flush=True)
             code = stage_code if 0 < stage_code < 256 else 1
             break
-        print(f"[run] stage '{stage.name}' done in {secs}s", file=sys.stderr, flush=True)
+        if not skip:
+            print(f"[run] stage '{stage.name}' done in {secs}s", file=sys.stderr, flush=True)
     summary = {"ok": code == 0, "stages": results}
     if summary_path is not None:
         try:
@@ -228,7 +491,40 @@ def run_stages(stages: list[Stage], summary_path: Path | None = None) -> int:
         except OSError as e:
             logger.warning("could not write %s: %s", summary_path, e)
     print(json.dumps(summary), flush=True)
+    if reporter is not None:
+        reporter.finish(code == 0, error)
     return code
+
+
+class SpecFetchError(Exception):
+    """The spec named by ``QA_JOB_SPEC_URI`` cannot be read: exit 3 (storage) or 2 (malformed URI)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def read_spec_uri(uri: str) -> str:
+    """The spec's text from ``s3://…``: credentials from the standard AWS chain, endpoint AWS_ENDPOINT_URL."""
+    try:
+        store, name = RunStore.for_object(uri)
+    except ValueError as e:
+        raise SpecFetchError(f"{ENV_SPEC_URI}: {e}", 2) from None
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError as e:  # pragma: no cover - boto3 is in every image
+        raise SpecFetchError(f"cannot read the job spec {uri}: {e}", EXIT_STORAGE) from None
+    try:
+        text = store.get_text(name)
+    except (BotoCoreError, ClientError) as e:
+        from qa_train.sync.storage import S3Location, describe_error
+
+        raise SpecFetchError(
+            f"cannot read the job spec {uri}: {describe_error(e, S3Location.parse(uri), None)}", EXIT_STORAGE
+        ) from None
+    if text is None:
+        raise SpecFetchError(f"cannot read the job spec {uri}: no such object", EXIT_STORAGE)
+    return text
 
 
 def load_spec(path: str | None) -> RenderedSpec | JobSpec:
@@ -240,9 +536,63 @@ def load_spec(path: str | None) -> RenderedSpec | JobSpec:
             raise SpecError(f"{p}: cannot read job spec: {e.strerror}") from None
         return load_any(text, str(p))
     text = os.environ.get(ENV_VAR)
-    if not text:
-        raise SpecError(f"no job spec: pass a path, --spec PATH, or the spec JSON in env {ENV_VAR}")
-    return load_any(text, f"${ENV_VAR}")
+    if text:
+        return load_any(text, f"${ENV_VAR}")
+    uri = os.environ.get(ENV_SPEC_URI)
+    if uri:
+        return load_any(read_spec_uri(uri), uri)
+    raise SpecError(
+        f"no job spec: pass a path, --spec PATH, the spec JSON in env {ENV_VAR} or its s3:// URI in {ENV_SPEC_URI}"
+    )
+
+
+def _inputs(job: JobSpec) -> list[tuple[str, str, str]]:
+    """(field, URI, expect) of every input that is a URI (local paths and hub model ids stay as they are)."""
+    from qa_train.inputs import is_remote
+
+    d = job.data
+    out = [("data.train_path", d.train_path, "any")]
+    out += [("data.validation_path", d.validation_path, "any")] if d.validation_path else []
+    out += [("data.hotpot_qa_dev_path", d.hotpot_qa_dev_path, "file")] if d.hotpot_qa_dev_path else []
+    if job.model.name_or_path:
+        out.append(("model.name_or_path", job.model.name_or_path, "folder"))
+    if job.model.make_tiny is not None and job.model.make_tiny.data:
+        out.append(("model.make_tiny.data", job.model.make_tiny.data, "any"))
+    return [(f, u, e) for f, u, e in out if is_remote(u)]
+
+
+def localize(job: JobSpec, cache_dir: str | None = None) -> tuple[JobSpec, Stage | None]:
+    """The job with every input URI replaced by its cache path, and the ``inputs`` stage that fetches them."""
+    from qa_train.inputs import local_path_for
+
+    remote = _inputs(job)
+    if not remote:
+        return job, None
+    local = {u: local_path_for(u, cache_dir) for _, u, _ in remote}
+    data = job.data.model_copy(
+        update={k: local.get(v, v) for k, v in job.data.model_dump().items() if isinstance(v, str)}
+    )
+    model = job.model
+    if model.name_or_path in local:
+        model = model.model_copy(update={"name_or_path": local[model.name_or_path]})
+    if model.make_tiny is not None and model.make_tiny.data in local:
+        model = model.model_copy(
+            update={"make_tiny": model.make_tiny.model_copy(update={"data": local[model.make_tiny.data]})}
+        )
+    new_job = job.model_copy(update={"data": data, "model": model})
+
+    def fetch_all() -> tuple[int, str | None]:
+        from qa_train.inputs import InputError, fetch_input
+
+        for what, uri, expect in remote:
+            try:
+                path = fetch_input(uri, cache_dir, what=what, expect=expect)  # type: ignore[arg-type]
+            except InputError as e:
+                return e.exit_code, str(e)
+            print(f"[run] {what}: {uri} → {path}", file=sys.stderr, flush=True)
+        return 0, None
+
+    return new_job, Stage("inputs", [], action=fetch_all)
 
 
 def main(argv: list[str]) -> int:
@@ -253,11 +603,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--print_plan", action="store_true", help="print the stage commands as JSON and exit")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         spec = load_spec(a.spec_opt or a.spec_path)
     except SpecError as e:
         print(f"error: invalid job spec:\n{e}", file=sys.stderr)
         return 2
+    except SpecFetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     if isinstance(spec, RenderedSpec):
         job, plan, ds = spec.job, spec.plan, spec.deepspeed
     else:
@@ -266,9 +621,10 @@ def main(argv: list[str]) -> int:
         job = job.model_copy(update={"output_root": a.output_root})
     run_dir = Path(job.run_dir())
     ds_path = str(run_dir / "ds_config.json") if plan.launcher == "deepspeed" else None
-    stages = build_stages(job, plan, ds_path)
+    local_job, fetch_stage = localize(job)
+    stages = ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
     if a.print_plan:
-        print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages], indent=2))
+        print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages if s.commands], indent=2))
         return 0
     if plan.launcher == "deepspeed":
         if ds is None:
@@ -281,4 +637,14 @@ def main(argv: list[str]) -> int:
         Path(ds_path).write_text(json.dumps(ds, indent=2))  # type: ignore[arg-type]
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _Child.handler)
-    return run_stages(stages, run_dir / "run_summary.json")
+    reporter = Reporter(job, run_dir)
+    try:
+        code = run_stages(stages, run_dir / "run_summary.json", reporter)
+    except SystemExit as e:  # a signal: not final, no self-stop
+        reporter.unwatch()
+        reporter.interrupted(int(e.code or 1) if not isinstance(e.code, str) else 1)
+        raise
+    from qa_train.instance_stop import stop_self
+
+    stop_self()
+    return code
