@@ -20,6 +20,7 @@ import os  # noqa: E402
 from typing import Any  # noqa: E402
 
 from launch import cli_args  # noqa: E402
+from launch.backends.base import CloudError, Compute, OfferQuery  # noqa: E402
 from launch.credentials import (  # noqa: E402
     CONTAINER_SECRETS,
     SecretError,
@@ -29,9 +30,23 @@ from launch.credentials import (  # noqa: E402
     redact,
 )
 from launch.gpus import PROFILES, get_profile  # noqa: E402
-from launch.registry import Registry, RegistryError  # noqa: E402
+from launch.jobs.controller import ControllerError, RegistryHooks  # noqa: E402
+from launch.jobs.lease import LeaseHeld  # noqa: E402
+from launch.jobs.offers import Cancelled, OfferWalk, destroy  # noqa: E402
+from launch.jobs.plan import (  # noqa: E402
+    JobPlan,
+    PlanningError,
+    check_storage,
+    host_requirements,
+    make_computes,
+    make_plan,
+    spec_json,
+)
+from launch.jobs.state import JobOptions, JobRow, JobState, Registry, RegistryError  # noqa: E402
+from launch.jobs.status import job_status, status_lines, summary  # noqa: E402
 from launch.render import PlanError, mode_of, render  # noqa: E402
-from qa_train.spec import RenderedSpec, SpecError, load_job  # noqa: E402
+from qa_train.contract import SPEC_NAME, RunReport  # noqa: E402
+from qa_train.spec import RenderedSpec, SpecError, load_job, parse_rendered  # noqa: E402
 
 logger = logging.getLogger("launch")
 DEFAULT_JOB = "jobs/mistral-qa-full.yaml"
@@ -41,16 +56,6 @@ COMMANDS = ("submit", "offers", "status", "logs", "cancel", "list", "resume", "p
 
 class CliError(Exception):
     """Printed as ``error: …`` with exit status 1 (no traceback)."""
-
-
-def _backend(name: str, poll_s: float | None = None, ready_timeout_s: float | None = None, **kw: Any):
-    from launch.backends import get_backend
-
-    if poll_s is not None:
-        kw["poll_s"] = poll_s
-    if ready_timeout_s is not None:
-        kw["ready_timeout_s"] = ready_timeout_s
-    return get_backend(name, **kw)
 
 
 class Launcher:
@@ -85,144 +90,120 @@ class Launcher:
         max_restarts: int = 3,
         backoff_s: float = 30.0,
         capacity_wait_s: float = 6 * 3600.0,
+        budget: float | None = None,
+        keep_instance: bool = False,
     ) -> None:
         """Render JOB for GPU and submit it (or print the rendered spec with --dry_run).
 
-        --managed: stay attached as the job's controller (relaunch on preemption, up to --max_restarts);
-        --detach: run that controller in the background (status/logs/cancel/resume from any shell)."""
+        --managed: stay attached as the job's controller (relaunch on preemption, up to --max_restarts, within
+        --budget dollars); --detach: run that controller in the background (status/logs/cancel/resume from any
+        shell). Cloud instances stop themselves when the run ends unless --keep_instance."""
         spec_job = load_job(job)
         secrets = load_secrets(CONTAINER_SECRETS, env_file=env_file)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
-        rendered = render(
-            spec_job,
-            gpu,
-            num_gpus=num_gpus,
-            offload=offload,
-            image=image,
-            job_id=str(job_id) if job_id is not None else None,
-            env=env,
-            secret_names=list(secrets),
-        )
-        doc = rendered.model_dump(mode="json")
+        rendered = render(spec_job, gpu, num_gpus=num_gpus, offload=offload, image=image,
+                          job_id=str(job_id) if job_id is not None else None, env=env,
+                          secret_names=list(secrets))  # fmt: skip
         if dry_run:
-            print(redact(json.dumps(doc, indent=2), secrets))
+            print(redact(spec_json(rendered), secrets), end="")
             return
         backend = backend or ("local" if get_profile(gpu).is_cpu else "cheapest")
-        if get_profile(gpu).is_cpu and backend != "local":
-            raise CliError(f"--gpu cpu runs only on --backend local (asked: {backend})")
-        if backend != "local":  # a cloud without a key fails here, before anything is recorded
-            from launch.backends.base import BackendError
-
-            try:
-                _backend(backend)
-            except BackendError as e:
-                raise CliError(str(e)) from e
+        opts = JobOptions(
+            backend=backend, interruptible=bool(interruptible), max_price=max_price,
+            keep_instance=bool(keep_instance), max_restarts=int(max_restarts),
+            poll_s=10.0 if poll_s is None else float(poll_s),
+            ready_timeout_s=1800.0 if ready_timeout_s is None else float(ready_timeout_s),
+            backoff_s=float(backoff_s), backoff_max_s=max(600.0, float(backoff_s)),
+            capacity_wait_s=float(capacity_wait_s), budget_usd=None if budget is None else float(budget),
+            data_dir=str(Path(data_dir).resolve()) if data_dir else None, network=network,
+            env_file=str(Path(env_file).resolve()) if env_file else None,
+        )  # fmt: skip
+        plan = self._prepare(rendered, secrets, opts)
         reg = self._registry()
         row, created = reg.claim(
-            rendered.job_id, backend, gpu=rendered.gpu.profile, run_name=spec_job.run_name
-        )
-        if managed or detach:
-            from launch.managed import ManagedOptions
-
-            opts = ManagedOptions(
-                backend=backend,
-                interruptible=interruptible,
-                max_price=max_price,
-                max_restarts=int(max_restarts),
-                poll_s=10.0 if poll_s is None else float(poll_s),
-                ready_timeout_s=1800.0 if ready_timeout_s is None else float(ready_timeout_s),
-                backoff_s=float(backoff_s),
-                backoff_max_s=max(600.0, float(backoff_s)),
-                capacity_wait_s=float(capacity_wait_s),
-                step_every_s=min(30.0, max(1.0, 3 * (10.0 if poll_s is None else float(poll_s)))),
-                data_dir=str(Path(data_dir).resolve()) if data_dir else None,
-                network=network,
-                env_file=str(Path(env_file).resolve()) if env_file else None,
-            )
-            self._exit_code = self._submit_managed(reg, row, created, rendered, doc, secrets, opts, detach)
-            return
+            rendered.job_id, backend, gpu=rendered.gpu.profile, run_name=spec_job.run_name,
+            run_uri=plan.store.layout.root if plan.store else None, managed=bool(managed or detach), options=opts,
+        )  # fmt: skip
         if not created:
-            print(
-                f"job {row.job_id} already submitted (backend {row.backend}, instance {row.instance_id}, "
-                f"state {row.state}); not creating another instance"
-            )
-            print(
-                json.dumps(
-                    {
-                        "job_id": row.job_id,
-                        "created": False,
-                        "instance_id": row.instance_id,
-                        "state": row.state,
-                    }
-                )
-            )
+            self._already_submitted(row)
             return
-        out_dir = Path(self._runs_dir) / rendered.job_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "spec.json").write_text(redact(json.dumps(doc, indent=2), secrets) + "\n")
-        kw: dict[str, Any] = {}
-        if backend == "local":
-            kw = {
-                "data_dir": data_dir,
-                "runs_dir": str(Path(self._runs_dir).resolve() / rendered.job_id / "outputs"),
-                "network_mode": network,
-            }
+        self._save_spec(plan)
+        if managed or detach:
+            print(f"managed job {rendered.job_id} submitted ({backend}, max_restarts {opts.max_restarts})")
+            self._exit_code = self._spawn_controller(rendered.job_id) if detach else self._control(reg, plan)
+            return
+        self._launch_once(reg, plan)
+
+    # -- submit, step by step ------------------------------------------------------------------------------
+    def _prepare(self, rendered: RenderedSpec, secrets: dict[str, str], opts: JobOptions) -> JobPlan:
+        """Everything checked before anything is recorded or rented: backend, storage, image, cloud keys."""
+        if get_profile(rendered.gpu.profile).is_cpu and opts.backend != "local":
+            raise CliError(f"--gpu cpu runs only on --backend local (asked: {opts.backend})")
         try:
-            be = _backend(backend, poll_s, ready_timeout_s, **kw)
+            plan = make_plan(rendered, secrets, opts)
+        except (PlanningError, CloudError) as e:
+            raise CliError(str(e)) from None
+        if plan.store is not None:
+            try:
+                check_storage(plan.store)
+            except PlanningError as e:
+                raise CliError(str(e)) from None
+        if opts.backend != "local":
+            from launch.images import ImageError, check_image
 
-            def on_created(inst) -> None:
-                reg.update(rendered.job_id, state="PENDING", backend=inst.backend, instance_id=inst.instance_id,
-                           price_per_hour=inst.offer.price_per_hour if inst.offer else None, reason="instance created")  # fmt: skip
+            try:
+                check_image(rendered.image, plan.request.registry_auth)
+            except ImageError as e:
+                raise CliError(str(e)) from None
+        return plan
 
-            inst = be.create(
-                rendered, secrets, interruptible=interruptible, max_price=max_price, on_created=on_created
-            )
-        except Exception as e:
-            reg.update(rendered.job_id, state="FAILED", reason=redact(str(e), secrets))
-            raise CliError(redact(str(e), secrets)) from None
-        reg.update(
-            rendered.job_id,
-            state="RUNNING",
-            backend=inst.backend,
-            instance_id=inst.instance_id,
-            reason="running",
-        )
-        price = inst.offer.price_per_hour if inst.offer else None
-        print(
-            f"submitted {rendered.job_id}: {inst.backend} instance {inst.instance_id}"
-            + (f" at ${price:.3f}/h" if price else "")
-        )
-        print(
-            json.dumps(
-                {
-                    "job_id": rendered.job_id,
-                    "created": True,
-                    "backend": inst.backend,
-                    "instance_id": inst.instance_id,
-                    "price_per_hour": price,
-                }
-            )
-        )
+    def _already_submitted(self, row: JobRow) -> None:
+        live = f"instance {row.instance_id}" if row.instance_id else "no instance yet"
+        hint = f"; re-attach with: python launch/submit.py resume {row.job_id}" if row.managed else ""
+        print(f"job {row.job_id} already submitted (backend {row.backend}, {live}, state {row.state}); "
+              f"not creating another instance{hint}")  # fmt: skip
+        print(json.dumps({"job_id": row.job_id, "created": False, "instance_id": row.instance_id,
+                          "state": str(row.state)}))  # fmt: skip
+
+    def _save_spec(self, plan: JobPlan) -> None:
+        """The one place ``spec.json`` is written: ``runs/<job>/spec.json`` (what ``resume``/``status`` read)
+        and, for a job with object storage, ``<run>/spec.json`` (what the container reads) with a fresh run
+        report, so a report left by an earlier job of the same run is never taken for this one's."""
+        text = redact(spec_json(plan.spec), plan.secrets)
+        out = Path(self._runs_dir) / plan.job_id
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec.json").write_text(text)
+        if plan.store is not None:
+            try:
+                plan.store.put_text(SPEC_NAME, text)
+                plan.store.write_report(
+                    RunReport(plan.spec.job.run_name, launch=0, backend=plan.options.backend)
+                )
+            except Exception as e:
+                self._registry().transition(plan.job_id, JobState.FAILED, f"cannot upload the spec: {e}")
+                raise CliError(f"cannot upload {plan.store.layout.spec}: {e}") from None
+
+    def _launch_once(self, reg: Registry, plan: JobPlan) -> None:
+        """Unmanaged: the one offer walk, once; the instance then runs (and stops itself) on its own."""
+        hooks = RegistryHooks(reg, plan.job_id, lambda s: print(s, flush=True))
+        walk = OfferWalk(plan.computes, ready_timeout_s=plan.options.ready_timeout_s,
+                         poll_s=min(plan.options.poll_s, 5.0), hooks=hooks)  # fmt: skip
+        reg.transition(plan.job_id, JobState.STARTING, "walking the offers")
+        try:
+            got = walk.launch(plan.request, plan.query)
+        except BaseException as e:  # the walk destroyed whatever it rented before raising
+            reg.transition(plan.job_id, JobState.FAILED, redact(str(e) or type(e).__name__, plan.secrets))
+            if isinstance(e, CloudError | Cancelled):
+                raise CliError(redact(str(e), plan.secrets)) from None
+            raise
+        reg.transition(plan.job_id, JobState.RUNNING, f"{got.backend} instance {got.instance_id} started")
+        price = got.price_per_hour
+        print(f"submitted {plan.job_id}: {got.backend} instance {got.instance_id}"
+              + (f" at ${price:.3f}/h" if price else ""))  # fmt: skip
+        print(json.dumps({"job_id": plan.job_id, "created": True, "backend": got.backend,
+                          "instance_id": got.instance_id, "price_per_hour": price}))  # fmt: skip
 
     # -- managed jobs --------------------------------------------------------------------------------------
-    def _submit_managed(self, reg, row, created, rendered, doc, secrets, opts, detach: bool) -> int:  # noqa: ANN001
-        if not created:
-            live = f"instance {row.instance_id}" if row.instance_id else "no instance yet"
-            print(
-                f"job {row.job_id} already submitted (state {row.state}, {live}); not creating another; "
-                f"re-attach with: python launch/submit.py resume {row.job_id}"
-            )
-            print(json.dumps({"job_id": row.job_id, "created": False, "state": row.state}))
-            return 0
-        out_dir = Path(self._runs_dir) / rendered.job_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "spec.json").write_text(redact(json.dumps(doc, indent=2), secrets) + "\n")
-        reg.update(rendered.job_id, state="PENDING", reason="managed job submitted", managed=opts.to_dict())
-        print(f"managed job {rendered.job_id} submitted ({opts.backend}, max_restarts {opts.max_restarts})")
-        if detach:
-            return self._spawn_controller(rendered.job_id)
-        return self._control(reg, rendered.job_id, rendered, secrets, opts)
-
     def _spawn_controller(self, job_id: str) -> int:
         """The same controller as a background process (own session: closing this shell does not stop it)."""
         import subprocess
@@ -240,62 +221,63 @@ class Launcher:
         print(json.dumps({"job_id": job_id, "created": True, "managed": True, "controller_pid": proc.pid}))
         return 0
 
-    def _control(self, reg: Registry, job_id: str, rendered: RenderedSpec, secrets: dict, opts) -> int:  # noqa: ANN001
-        from launch.backends.base import BackendError
-        from launch.managed import Controller, summary
+    def _control(self, reg: Registry, plan: JobPlan) -> int:
+        from launch.jobs.controller import controller_for
 
+        ctl = controller_for(reg, plan, Path(self._runs_dir) / plan.job_id / "logs",
+                             echo=lambda s: print(redact(s, plan.secrets), flush=True))  # fmt: skip
         try:
-            ctl = Controller(
-                reg, job_id, rendered, secrets, opts, echo=lambda s: print(redact(s, secrets), flush=True)
-            )
             final = ctl.run()
-        except BackendError as e:  # e.g. no cloud configured: the job must not sit in PENDING forever
-            reg.update(job_id, state="FAILED", reason=f"controller stopped: {e}")
-            raise CliError(f"job {job_id} FAILED: {e}") from e
+        except (LeaseHeld, ControllerError) as e:
+            raise CliError(str(e)) from None
+        except CloudError as e:  # e.g. a destroy that never worked: say so, the job stays as recorded
+            raise CliError(f"job {plan.job_id}: controller stopped: {e}") from None
         except KeyboardInterrupt:
-            print(
-                f"\ncontroller stopped; job {job_id} keeps running unwatched. "
-                f"Re-attach: python launch/submit.py resume {job_id}   stop it: python launch/submit.py cancel {job_id}",
-                file=sys.stderr,
-            )
+            print(f"\ncontroller stopped; job {plan.job_id} keeps running unwatched. Re-attach: python "
+                  f"launch/submit.py resume {plan.job_id}   stop it: python launch/submit.py cancel {plan.job_id}",
+                  file=sys.stderr)  # fmt: skip
             return 130
-        print(json.dumps(summary(reg, job_id), default=str))
-        if final != "SUCCEEDED":
-            events = reg.events(job_id)
-            raise CliError(f"job {job_id} {final}: {events[-1]['reason'] if events else ''}")
+        print(json.dumps(summary(reg, plan.job_id), default=str))
+        if final != JobState.SUCCEEDED:
+            raise CliError(f"job {plan.job_id} {final}: {reg.last_reason(plan.job_id)}")
         return 0
 
-    def resume(self, job_id: str, detach: bool = False) -> None:
-        """Re-attach a controller to a managed job (after the old one was killed); never double-launches."""
-        from launch.managed import ManagedError, ManagedOptions
-        from qa_train.spec import parse_rendered
-
-        reg = self._registry()
-        row = reg.get(str(job_id))
-        if row is None:
-            raise CliError(f"no job {job_id!r} in {reg.path}")
-        if "managed" not in row.info:
-            raise CliError(f"job {job_id} is not a managed job (submit it with --managed)")
-        opts = ManagedOptions.from_dict(row.info["managed"])
+    def _job_plan(self, row: JobRow, *, computes: bool = True) -> JobPlan:
+        """A recorded job's plan again: its saved spec, its options, and the secrets set now."""
         spec_path = Path(self._runs_dir) / row.job_id / "spec.json"
         try:
             rendered = parse_rendered(json.loads(spec_path.read_text()), str(spec_path))
         except (OSError, ValueError) as e:
             raise CliError(f"{spec_path}: cannot read the job's rendered spec: {e}") from None
-        secrets = load_secrets(CONTAINER_SECRETS, env_file=opts.env_file)
+        secrets = load_secrets(CONTAINER_SECRETS, env_file=row.options.env_file)
         missing = [n for n in rendered.secret_env if n not in secrets]
         if missing:
             raise CliError(
-                f"job {job_id} was submitted with secrets {', '.join(missing)} that are not set now "
+                f"job {row.job_id} was submitted with secrets {', '.join(missing)} that are not set now "
                 "(set them in the environment or in the --env_file it was submitted with)"
             )
+        try:
+            return make_plan(rendered, secrets, row.options, None if computes else {})
+        except (PlanningError, CloudError) as e:
+            raise CliError(str(e)) from None
+
+    def resume(self, job_id: str, detach: bool = False) -> None:
+        """Re-attach a controller to a managed job (after the old one was killed); never double-launches."""
+        reg = self._registry()
+        row = self._row(reg, job_id)
+        if not row.managed:
+            raise CliError(f"job {job_id} is not a managed job (submit it with --managed)")
+        plan = self._job_plan(row)
         if detach:
             self._exit_code = self._spawn_controller(row.job_id)
             return
-        try:
-            self._exit_code = self._control(reg, row.job_id, rendered, secrets, opts)
-        except ManagedError as e:
-            raise CliError(str(e)) from None
+        self._exit_code = self._control(reg, plan)
+
+    def _row(self, reg: Registry, job_id: str | None) -> JobRow:
+        row = reg.get(str(job_id))
+        if row is None:
+            raise CliError(f"no job {job_id!r} in {reg.path}")
+        return row
 
     def offers(
         self,
@@ -318,9 +300,14 @@ class Launcher:
         offload = bool(rendered.deepspeed and "offload_optimizer" in rendered.deepspeed["zero_optimization"])
         hours = estimate_hours(lookup_shape(spec_job), mode_of(spec_job), spec_job.training.num_train_epochs,
                                spec_job.data.approx_train_tokens, profile.peak_tflops, n, offload)  # fmt: skip
-        found = _backend(backend).offers(
-            profile, n, interruptible=interruptible, max_price=max_price, disk_gb=spec_job.disk_gb
-        )
+        opts = JobOptions(backend=backend, interruptible=bool(interruptible), max_price=max_price)
+        try:
+            computes = make_computes(backend, opts)
+            query = OfferQuery(profile=profile, num_gpus=n, interruptible=bool(interruptible), max_price=max_price,
+                               disk_gb=spec_job.disk_gb, **host_requirements(rendered))  # fmt: skip
+            found = OfferWalk(computes).offers(query)
+        except CloudError as e:
+            raise CliError(str(e)) from None
         rows = [
             {**o.to_dict(), "est_hours": round(hours, 2), "est_cost": round(o.price_per_hour * hours, 2)}
             for o in found[:limit]
@@ -332,121 +319,82 @@ class Launcher:
         print(f"{'cloud':<8} {'offer':<24} {'gpu':<22} {'n':>2} {'$/h':>8} {'reliab.':>7} {'est. $':>8}")
         for r in rows:
             rel = f"{r['reliability']:.3f}" if r["reliability"] is not None else "-"
-            print(
-                f"{r['backend']:<8} {r['offer_id']:<24} {r['gpu_name'][:22]:<22} {r['num_gpus']:>2} {r['price_per_hour']:>8.3f} {rel:>7} {r['est_cost']:>8.2f}"
-            )
+            print(f"{r['backend']:<8} {r['offer_id']:<24} {r['gpu_name'][:22]:<22} {r['num_gpus']:>2} "
+                  f"{r['price_per_hour']:>8.3f} {rel:>7} {r['est_cost']:>8.2f}")  # fmt: skip
         if not rows:
             print("(no offers)")
 
-    def status(self, job_id: str | None = None) -> None:
-        """State of one job (asks its backend) or of all jobs (from the registry)."""
-        reg = self._registry()
+    def status(self, job_id: str | None = None, json: bool = False) -> None:  # noqa: A002 - the flag is --json
+        """One job: the registry's record, the run report from object storage (state, stages, last committed
+        step) and the live instance state; without JOB_ID, the list. ``--json`` for machines."""
         if job_id is None:
-            return self.list()
-        row = reg.get(str(job_id))
-        if row is None:
-            raise CliError(f"no job {job_id!r} in {reg.path}")
-        if "managed" in row.info:
-            from launch.managed import summary
-
-            doc = {**summary(reg, row.job_id), "events": reg.events(row.job_id),
-                   "launches": reg.launches(row.job_id), "artifacts": row.info.get("artifacts")}  # fmt: skip
-            print(json.dumps(doc, indent=2, default=str))
+            return self.list(as_json=json)
+        reg = self._registry()
+        row = self._row(reg, job_id)
+        doc = job_status(reg, row, self._job_plan(row, computes=False), _compute)
+        if json:
+            print(_dumps(doc))
             return None
-        st = None
-        if row.instance_id:
-            st = _backend(row.backend).status(row.instance_id)
-            if st.state in ("EXITED", "GONE", "FAILED", "STOPPED") and row.state not in ("CANCELLED",):
-                reg.update(row.job_id, state=st.state, reason=st.detail)
-        out = {
-            **row.to_dict(),
-            "live": None
-            if st is None
-            else {"state": st.state, "detail": st.detail, "exit_code": st.exit_code},
-        }
-        print(json.dumps(out, indent=2, default=str))
+        for line in status_lines(doc):
+            print(line)
+        return None
 
     def logs(self, job_id: str, follow: bool = True, tail: int = 1000) -> None:
-        """Print the job's logs; follow until it ends (Ctrl-C stops following, not the job)."""
-        row = self._registry().get(str(job_id))
-        if row is not None and "managed" in row.info:
-            saved = sorted((Path(self._runs_dir) / row.job_id / "logs").glob("launch-*.log"),
-                           key=lambda p: int(p.name.split("-")[1]))  # fmt: skip
-            live = [r for r in self._registry().launches(row.job_id) if r["ended_at"] is None]
-            for p in saved:
-                print(f"==> {p.name} <==")
-                print(p.read_text(), end="", flush=True)
-            if not live:
-                if not saved:
-                    raise CliError(f"job {job_id}: no instance and no saved logs yet")
-                return
-            row.backend, row.instance_id = live[-1]["backend"], live[-1]["instance_id"]
-        if row is None or not row.instance_id:
-            raise CliError(f"no running instance recorded for job {job_id!r}")
+        """Print the job's logs (saved ones of earlier launches, then the live instance's); follow until it
+        ends (Ctrl-C stops following, not the job)."""
+        reg = self._registry()
+        row = self._row(reg, job_id)
+        saved = sorted((Path(self._runs_dir) / row.job_id / "logs").glob("launch-*.log"),
+                       key=lambda p: int(p.name.split("-")[1]))  # fmt: skip
+        for p in saved:
+            print(f"==> {p.name} <==")
+            print(p.read_text(), end="", flush=True)
+        live = reg.open_launches(row.job_id)
+        if not live:
+            if not saved:
+                raise CliError(f"job {job_id}: no instance and no saved logs yet")
+            return
         try:
-            for line in _backend(row.backend).logs(row.instance_id, follow=follow, tail=tail):
+            for line in _compute(live[-1].backend).logs(live[-1].instance_id, follow=follow, tail=tail):
                 print(line, flush=True)
         except KeyboardInterrupt:
             return
+        except CloudError as e:
+            raise CliError(str(e)) from None
 
     def cancel(self, job_id: str) -> None:
-        """Stop and destroy the job's instance (already gone counts as done)."""
+        """Stop the job: mark it CANCELLED first (a controller then never takes the vanished instance for a
+        preemption), then destroy every live instance of it (already gone counts as done)."""
         reg = self._registry()
-        row = reg.get(str(job_id))
-        if row is None:
-            raise CliError(f"no job {job_id!r} in {reg.path}")
-        if "managed" in row.info:
-            # mark first, so the controller (attached or detached) never takes the vanished instance for a
-            # preemption and relaunches it; then destroy whatever is live
-            from launch.registry import TERMINAL
-
-            if row.state in TERMINAL:
-                print(f"job {row.job_id} already {row.state}")
-                return
-            reg.set_state_unless(row.job_id, "CANCELLED", "cancelled by user", unless=TERMINAL)
-            for r in reg.launches(row.job_id):
-                if r["ended_at"] is None:
-                    _backend(r["backend"]).cancel(r["instance_id"])
-                    reg.end_launch(row.job_id, r["instance_id"], "cancelled by user")
-            print(f"cancelled {row.job_id}")
+        row = self._row(reg, job_id)
+        if row.state.terminal:
+            print(f"job {row.job_id} already {row.state}")
             return
-        if row.instance_id:
-            _backend(row.backend).cancel(row.instance_id)
-        reg.update(row.job_id, state="CANCELLED", reason="cancelled by user")
-        print(
-            f"cancelled {row.job_id}"
-            + (f" ({row.backend} instance {row.instance_id})" if row.instance_id else "")
-        )
+        reg.transition(row.job_id, JobState.CANCELLED, "cancelled by user")
+        gone = []
+        for x in reg.open_launches(row.job_id):
+            try:
+                destroy(_compute(x.backend), x.instance_id)
+            except CloudError as e:
+                raise CliError(f"job {row.job_id} cancelled, but {e}") from None
+            reg.end_launch(row.job_id, x.instance_id, "cancelled by user")
+            gone.append(f"{x.backend} instance {x.instance_id}")
+        print(f"cancelled {row.job_id}" + (f" ({', '.join(gone)})" if gone else ""))
 
     def list(self, as_json: bool = False) -> None:
-        """All jobs in the registry; managed ones with restarts, cost so far and last committed step."""
+        """All jobs in the registry with restarts, cost so far and last committed step."""
         reg = self._registry()
-        rows = reg.list()
-        out = []
-        for r in rows:
-            d = {"job_id": r.job_id, "backend": r.backend, "gpu": r.gpu, "state": r.state,
-                 "instance_id": r.instance_id, "managed": "managed" in r.info}  # fmt: skip
-            if d["managed"]:
-                from launch.managed import summary
-
-                d.update(summary(reg, r.job_id))
-                if r.state not in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                    d["last_step"] = _live_step(self._runs_dir, r) or d["last_step"]
-            out.append(d)
+        out = [{**summary(reg, r.job_id), "gpu": r.gpu} for r in reg.list()]
         if as_json:
-            print(json.dumps(out, indent=2, default=str))
+            print(_dumps(out))
             return
         print(
             f"{'job_id':<44} {'backend':<8} {'gpu':<9} {'state':<10} {'restarts':>8} {'cost $':>8} {'step':>6} instance"
         )
         for d in out:
-            if d["managed"]:
-                extra = f"{d['restarts']:>8} {d['cost_usd']:>8.3f} {d['last_step'] if d['last_step'] is not None else '-':>6}"
-            else:
-                extra = f"{'-':>8} {'-':>8} {'-':>6}"
-            print(
-                f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<10} {extra} {d['instance_id'] or '-'}"
-            )
+            step = d["last_step"] if d["last_step"] is not None else "-"
+            print(f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<10} {d['restarts']:>8} "
+                  f"{d['cost_usd']:>8.3f} {step:>6} {d['instance_id'] or '-'}")  # fmt: skip
 
     # -- images (launch/images.py) ------------------------------------------------------------------------------
     def push(self, to: str, image: str = "qa-expert/train:latest") -> None:
@@ -473,19 +421,18 @@ class Launcher:
         print(f"ok: {ref}" + (f" ({digest})" if digest else ""))
 
 
-def _live_step(runs_dir: str, row) -> int | None:  # noqa: ANN001
-    """Newest committed step from object storage for a running managed job (quick; None when unknown)."""
-    try:
-        from launch.managed import committed_step
-        from qa_train.spec import parse_rendered
+def _compute(name: str) -> Compute:
+    """One cloud's compute for a recorded instance (status, logs, cancel)."""
+    from launch.backends import get_compute
 
-        spec = parse_rendered(json.loads((Path(runs_dir) / row.job_id / "spec.json").read_text()))
-        if spec.job.sync is None:
-            return None
-        return committed_step(spec, load_secrets(CONTAINER_SECRETS))
-    except Exception as e:  # storage down or no credentials here: the controller's cached value stands
-        logger.info("list: live step of %s unavailable: %s", row.job_id, e)
-        return None
+    try:
+        return get_compute(name)
+    except CloudError as e:
+        raise CliError(str(e)) from None
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2, default=str)
 
 
 def main(argv: list[str] | None = None) -> int:

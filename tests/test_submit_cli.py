@@ -156,3 +156,134 @@ def test_dry_run_is_fast_and_imports_no_torch(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "HEAVY []"
     assert time.monotonic() - t0 < 10  # the < 1 s target is measured in bench/bench_dry_run.py
+
+
+# -- in-process (main(argv)): the submit steps against an in-memory cloud and a real S3 server ---------------
+def _fake_clouds(monkeypatch, clouds: dict) -> None:
+    import launch.backends
+
+    monkeypatch.setattr(launch.backends, "get_compute", lambda name, **kw: clouds[name], raising=False)
+    monkeypatch.setattr(launch.backends, "configured_clouds", lambda **kw: dict(clouds), raising=False)
+    monkeypatch.setattr("launch.images.check_image", lambda ref, auth=None, **kw: "sha256:0")
+
+
+def _cloud_job(tmp_path: Path, s3, run_name: str = "lora-cloud") -> Path:
+    """The shipped LoRA job syncing to the test's bucket (``s3`` None: without a sync target)."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "jobs" / "mistral-qa-lora.yaml").read_text())
+    doc["run_name"] = run_name
+    doc.pop("sync", None)
+    if s3 is not None:
+        doc["sync"] = {"target": s3.uri("runs"), "endpoint_url": s3.endpoint_url}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _main(monkeypatch, tmp_path: Path, argv: list[str]) -> int:
+    from launch.submit import main
+
+    monkeypatch.setenv("QA_RUNS_ROOT", str(tmp_path / "runs"))
+    return main(argv)
+
+
+def test_cloud_submit_uploads_the_spec_before_renting_and_sends_only_short_env(
+    tmp_path, s3, monkeypatch, capsys
+):
+    from qa_train.contract import ENV_SPEC, RunLayout, RunReport, RunState, RunStore, StageResult
+    from tests.test_controller import FakeCompute, offer
+
+    cloud = FakeCompute(name="vast", market=[offer(1, 0.4, backend="vast")])
+    at_create: dict = {}
+    real_create = cloud.create
+
+    def create(request, off):
+        at_create["keys"] = set(s3.keys("runs/lora-cloud/"))
+        at_create["request"] = request
+        return real_create(request, off)
+
+    cloud.create = create
+    _fake_clouds(monkeypatch, {"vast": cloud})
+    monkeypatch.setenv("HF_TOKEN", "hf-token-value-123")
+    job = _cloud_job(tmp_path, s3)
+    rc = _main(monkeypatch, tmp_path, ["--gpu", "a6000", "--job", str(job), "--backend", "vast", "--job_id", "c-1",
+                                       "--keep_instance", "--poll_s", "0"])  # fmt: skip
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert json.loads(out.out.splitlines()[-1])["instance_id"] == "vast-i1"
+    assert {"runs/lora-cloud/spec.json", "runs/lora-cloud/report.json"} <= at_create["keys"]
+    env = at_create["request"].env
+    assert set(env) == {"QA_JOB_SPEC_URI", "QA_BACKEND", "QA_KEEP_INSTANCE", "AWS_ACCESS_KEY_ID",
+                        "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_TOKEN"}  # fmt: skip
+    assert env["QA_JOB_SPEC_URI"] == s3.uri("runs/lora-cloud/spec.json") and env["QA_BACKEND"] == "vast"
+    assert ENV_SPEC not in env and all(len(v) <= 256 for v in env.values())
+    spec = s3.client().get_object(Bucket=s3.bucket, Key="runs/lora-cloud/spec.json")["Body"].read().decode()
+    assert json.loads(spec)["job_id"] == "c-1" and "hf-token-value-123" not in spec
+    # the container reports success: status reads it from S3, settles the job, shows the live instance
+    store = RunStore(RunLayout.of(s3.uri("runs"), "lora-cloud"), s3.endpoint_url)
+    store.write_report(
+        RunReport("lora-cloud", RunState.SUCCEEDED, [StageResult("train", 0)], last_committed_step=7)
+    )
+    assert _main(monkeypatch, tmp_path, ["status", "c-1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["state"] == "SUCCEEDED" and doc["report"]["last_committed_step"] == 7
+    assert doc["live"]["state"] == "RUNNING"  # --keep_instance: the instance is left as it is
+    assert _main(monkeypatch, tmp_path, ["status", "c-1"]) == 0
+    assert "run report: succeeded" in capsys.readouterr().out
+
+
+def test_cloud_job_without_object_storage_is_refused_before_anything(tmp_path, monkeypatch, capsys):
+    from tests.test_controller import FakeCompute, offer
+
+    cloud = FakeCompute(name="vast", market=[offer(1, 0.4, backend="vast")])
+    _fake_clouds(monkeypatch, {"vast": cloud})
+    rc = _main(monkeypatch, tmp_path, ["--gpu", "a6000", "--job", str(_cloud_job(tmp_path, None)), "--backend",
+                                       "vast", "--job_id", "nosync"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "needs object storage: set sync.target" in err
+    assert cloud.creates == [] and not (tmp_path / "runs" / "nosync").exists()
+
+
+def test_unreachable_storage_is_refused_before_anything(tmp_path, s3, monkeypatch, capsys):
+    from tests.test_controller import FakeCompute, offer
+
+    cloud = FakeCompute(name="vast", market=[offer(1, 0.4, backend="vast")])
+    _fake_clouds(monkeypatch, {"vast": cloud})
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-right-secret-key")
+    rc = _main(monkeypatch, tmp_path, ["--gpu", "a6000", "--job", str(_cloud_job(tmp_path, s3)), "--backend", "vast",
+                                       "--job_id", "badkey"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "is not usable with the given credentials" in err and "not-the-right" not in err
+    assert cloud.creates == []
+    _main(monkeypatch, tmp_path, ["list", "--as_json"])
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_launch_that_fails_after_renting_leaves_nothing_and_fails_the_job(
+    tmp_path, s3, monkeypatch, capsys
+):
+    from tests.test_controller import FakeCompute, offer
+
+    cloud = FakeCompute(name="vast", market=[offer(1, 0.4, backend="vast")], plan=["fail-start"])
+    _fake_clouds(monkeypatch, {"vast": cloud})
+    rc = _main(monkeypatch, tmp_path, ["--gpu", "a6000", "--job", str(_cloud_job(tmp_path, s3)), "--backend", "vast",
+                                       "--job_id", "f-1", "--poll_s", "0"])  # fmt: skip
+    assert rc == 1 and "failed to start" in capsys.readouterr().err
+    assert cloud.creates == ["o1"] and cloud.live() == []
+    _main(monkeypatch, tmp_path, ["status", "f-1", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["state"] == "FAILED" and doc["launches"][0]["ended_at"] is not None
+
+
+def test_cancel_destroys_the_live_instance(tmp_path, s3, monkeypatch, capsys):
+    from tests.test_controller import FakeCompute, offer
+
+    cloud = FakeCompute(name="vast", market=[offer(1, 0.4, backend="vast")])
+    _fake_clouds(monkeypatch, {"vast": cloud})
+    argv = ["--gpu", "a6000", "--job", str(_cloud_job(tmp_path, s3)), "--backend", "vast", "--job_id", "x-1"]
+    assert _main(monkeypatch, tmp_path, argv) == 0
+    assert _main(monkeypatch, tmp_path, argv) == 0 and "already submitted" in capsys.readouterr().out
+    assert cloud.creates == ["o1"]  # the same --job_id twice: one instance
+    assert _main(monkeypatch, tmp_path, ["cancel", "x-1"]) == 0
+    assert cloud.live() == [] and "cancelled x-1 (vast instance vast-i1)" in capsys.readouterr().out

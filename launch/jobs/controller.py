@@ -14,12 +14,13 @@ the whole loop runs in milliseconds under test.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from launch.backends.base import (
     CloudError,
@@ -33,6 +34,7 @@ from launch.backends.base import (
 )
 from launch.jobs.lease import Lease
 from launch.jobs.offers import Cancelled, Launched, OfferWalk, destroy, offer_keys
+from launch.jobs.plan import JobPlan
 from launch.jobs.recovery import Action, Decision, Observation, RecoveryPolicy
 from launch.jobs.state import JobState, Registry
 from qa_train.contract import RunReport
@@ -354,20 +356,21 @@ class Controller:
         return JobState.CANCELLED
 
 
-def summary(reg: Registry, job_id: str) -> dict[str, Any]:
-    """What ``list``/``status`` show from the registry: state, restarts, cost so far, last committed step."""
-    row = reg.get(job_id)
-    if row is None:
-        raise KeyError(job_id)
-    return {
-        "job_id": job_id,
-        "state": str(row.state),
-        "managed": row.managed,
-        "restarts": row.restarts,
-        "launches": len(reg.launches(job_id)),
-        "cost_usd": round(reg.cost(job_id), 4),
-        "last_step": row.last_step,
-        "backend": row.backend,
-        "instance_id": row.instance_id,
-        "controller_pid": row.controller_pid,
-    }
+def controller_for(
+    reg: Registry, plan: JobPlan, logs_dir: Path | None, echo: Callable[[str], None]
+) -> Controller:
+    """The controller of a recorded job, as ``submit --managed`` and ``resume`` run it."""
+    from launch.jobs.status import artifact_lines, artifacts
+
+    o = plan.options
+    policy = RecoveryPolicy(max_restarts=o.max_restarts, backoff_s=o.backoff_s, backoff_max_s=o.backoff_max_s,
+                            capacity_wait_s=o.capacity_wait_s, ready_timeout_s=o.ready_timeout_s,
+                            budget_usd=o.budget_usd)  # fmt: skip
+
+    def listed() -> list[str]:
+        where = artifacts(plan)
+        return artifact_lines(where) + [json.dumps({"artifacts": where})]
+
+    return Controller(reg, plan.job_id, computes=plan.computes, request=plan.request, query=plan.query,
+                      policy=policy, reports=plan.store, poll_s=o.poll_s, artifacts=listed, logs_dir=logs_dir,
+                      echo=echo)  # fmt: skip

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from launch.backends.base import (
@@ -35,6 +35,7 @@ from launch.backends.base import (
     OfferQuery,
     RequestRejected,
 )
+from qa_train.contract import ENV_BACKEND
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +194,8 @@ class OfferWalk:
         raise NoCapacity(" | ".join(reasons))
 
     def _create(self, compute: Compute, request: LaunchRequest, offer: Offer | None) -> Launched | None:
-        try:
-            inst = compute.create(request, offer)
+        try:  # the container learns which cloud's self-stop to use only here, where the cloud is known
+            inst = compute.create(replace(request, env={**request.env, ENV_BACKEND: compute.name}), offer)
         except AmbiguousCreate as e:
             return self._adopt_after(compute, request.name, offer, e)
         except (NoCapacity, RequestRejected):
