@@ -403,6 +403,13 @@ def run(argv: list[str]) -> dict[str, Any]:
     return summary
 
 
+def _log_error(exc: BaseException) -> None:
+    """Into the run's log too, once logging is set up; before that Python's last-resort handler would print
+    the message a second time on stderr."""
+    if logging.getLogger().handlers:
+        logger.error("%s", exc)
+
+
 def main(argv: list[str]) -> int:
     """Exit 0 on success; 2 with one ``error:`` line for bad input/flags; 3 when object storage fails."""
     from qa_train.sync import SyncError
@@ -410,11 +417,11 @@ def main(argv: list[str]) -> int:
     try:
         run(argv)
     except UsageError as exc:  # flags, numbers, paths, data files (DataError, RecordError, … are UsageErrors)
-        logger.error("%s", exc)
+        _log_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SyncError as exc:
-        logger.error("%s", exc)
+        _log_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return 3
     return 0
