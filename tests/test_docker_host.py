@@ -53,6 +53,13 @@ def _wait_exited(host: DockerHost, iid: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def _wait_logs(host: DockerHost, iid: str, word: str, count: int, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while host.logs(iid).count(word) < count:
+        assert time.monotonic() < end, host.logs(iid)
+        time.sleep(0.2)
+
+
 def test_pulls_from_the_registry_and_runs_with_only_the_given_env(host: DockerHost, base_in_registry: str):
     import docker
 
@@ -87,15 +94,13 @@ def test_kill_restart_stop_remove(host: DockerHost, base_in_registry: str):
     host.start("7002", base_in_registry, {}, None, command=["python3", "-c", loop])
     assert host.state("7002") == "running" and host.exit_code("7002") is None
     first = host.container("7002").id
+    _wait_logs(host, "7002", "up", 1)
     host.kill("7002")  # preemption
     _wait_exited(host, "7002")
     assert host.exit_code("7002") == 137
     host.restart("7002")  # the same container again, its logs continue
     assert host.state("7002") == "running" and host.container("7002").id == first
-    end = time.monotonic() + 30
-    while host.logs("7002").count("up") < 2:
-        assert time.monotonic() < end, host.logs("7002")
-        time.sleep(0.2)
+    _wait_logs(host, "7002", "up", 2)
     host.stop("7002")
     assert host.state("7002") == "exited"
     host.remove("7002")
