@@ -51,7 +51,18 @@ from qa_train.spec import RenderedSpec, SpecError, load_job, parse_rendered  # n
 logger = logging.getLogger("launch")
 DEFAULT_JOB = "jobs/mistral-qa-full.yaml"
 PASSTHROUGH_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
-COMMANDS = ("submit", "offers", "status", "logs", "cancel", "list", "resume", "push", "check_image")
+COMMANDS = (
+    "submit",
+    "offers",
+    "status",
+    "logs",
+    "cancel",
+    "list",
+    "resume",
+    "push",
+    "check_image",
+    "upload-data",
+)
 
 
 class CliError(Exception):
@@ -419,6 +430,31 @@ class Launcher:
         except ImageError as e:
             raise CliError(str(e)) from None
         print(f"ok: {ref}" + (f" ({digest})" if digest else ""))
+
+    # -- data (qa_train/contract.py upload_dir) -----------------------------------------------------------------
+    def upload_data(self, local_dir: str, uri: str) -> None:
+        """Upload LOCAL_DIR (or one file) to URI (s3://bucket/prefix), skipping files already there unchanged;
+        prints the s3:// URIs to put under ``data:`` in a job spec. Credentials AWS_* (env or *_FILE), endpoint
+        AWS_ENDPOINT_URL."""
+        from qa_train.contract import upload_dir
+
+        creds = {k: v for k, v in load_secrets(CONTAINER_SECRETS).items() if k.startswith("AWS_")}
+        try:
+            files = upload_dir(str(local_dir), str(uri), creds or None, progress=sys.stderr.isatty())
+        except (OSError, ValueError) as e:
+            raise cli_args.UsageError(str(e)) from None
+        except Exception as e:  # botocore: refused, unreachable, no such bucket
+            raise CliError(f"upload to {uri} failed: {type(e).__name__}: {e}") from None
+        fields = {"train": "train_path", "valid": "validation_path", "hotpot": "hotpot_qa_dev_path"}
+        hints = []
+        for f in files:
+            print(f"{'unchanged' if f.skipped else 'uploaded '} {f.uri} ({f.size} bytes)")
+            name = f.uri.rsplit("/", 1)[-1].lower()
+            field = next((v for k, v in fields.items() if k in name), None)
+            if field and name.endswith((".json", ".jsonl")):
+                hints.append(f"  {field}: {f.uri}")
+        if hints:
+            print("in a job spec:\ndata:\n" + "\n".join(hints))
 
 
 def _compute(name: str) -> Compute:

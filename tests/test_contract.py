@@ -135,3 +135,29 @@ def test_input_uri_forms(monkeypatch):
         with pytest.raises(ValueError, match="hf://datasets"):
             hub_file_url(bad)
     assert split_s3_uri("s3://b/a/b.json") == ("b", "a/b.json")
+
+
+def test_submit_upload_data_prints_the_uris_for_a_job_spec(s3, tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "train.json").write_text("[]")
+    (data / "hotpot_dev.json").write_text("[]")
+    cmd = [sys.executable, "launch/submit.py", "upload-data", str(data), s3.uri("user-data")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=s3.env, cwd=repo, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert f"uploaded  {s3.uri('user-data/train.json')} (2 bytes)" in p.stdout
+    assert f"  train_path: {s3.uri('user-data/train.json')}" in p.stdout
+    assert f"  hotpot_qa_dev_path: {s3.uri('user-data/hotpot_dev.json')}" in p.stdout
+    p = subprocess.run(cmd, capture_output=True, text=True, env=s3.env, cwd=repo, timeout=120)
+    assert p.stdout.count("unchanged ") == 2
+    p = subprocess.run([*cmd[:3], str(tmp_path / "absent"), s3.uri("x")], capture_output=True, text=True,
+                       env=s3.env, cwd=repo, timeout=120)  # fmt: skip
+    assert p.returncode == 2 and p.stderr.strip() == f"error: {tmp_path / 'absent'}: no such file or folder"
+    bad_env = {**s3.env, "AWS_SECRET_ACCESS_KEY": "refused-secret-value-42"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=bad_env, cwd=repo, timeout=120)
+    assert p.returncode == 1 and p.stderr.startswith(f"error: upload to {s3.uri('user-data')} failed")
+    assert "refused-secret-value-42" not in p.stderr + p.stdout
