@@ -6,7 +6,9 @@ ZeRO-3 with optimizer and parameter offload to pinned CPU memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,56 @@ def get_profile(name: str) -> GpuProfile:
     if key not in PROFILES:
         raise ValueError(f"unknown GPU profile {name!r}; choose one of: {', '.join(PROFILES)}")
     return PROFILES[key]
+
+
+# -- host requirements (the machine around the GPUs) -----------------------------------------------------------
+DEFAULT_MIN_CUDA = (
+    "12.8"  # docker/Dockerfile's CUDA base; used when the image's qa-expert.cuda label is unreadable
+)
+CUDA_LABEL = "qa-expert.cuda"
+VCPUS_PER_GPU = 4  # SkyPilot's default minimum
+OFFLOAD_HEADROOM_GB = 16  # OS, page cache, dataloader workers, pinned-buffer slack beside offloaded states
+
+
+@dataclass(frozen=True)
+class HostRequirements:
+    """What a job needs from the host around its GPUs. Unpacks as ``(min_ram_gb, min_vcpus)``."""
+
+    min_ram_gb: int
+    min_vcpus: int
+    min_cuda: str | None = None  # the image's CUDA version (its qa-expert.cuda label)
+
+    def __iter__(self):  # noqa: ANN204 - ``ram, vcpus = host_requirements(spec)``
+        return iter((self.min_ram_gb, self.min_vcpus))
+
+
+def host_requirements(rendered: Any, *, docker_client: Any = None) -> HostRequirements:
+    """Host minimums for a rendered spec.
+
+    RAM: at least the GPUs' memory (checkpoint loading and saving stage through host RAM), and for a ZeRO
+    offload plan the offloaded states from ``launch/memory.py``'s estimate (``memory.cpu_gb``) × 1.25 plus
+    headroom. vCPUs: 4 per GPU (CPU Adam of an offload plan needs them too). CUDA: the image's label. CPU jobs:
+    no minimum."""
+    profile = get_profile(rendered.gpu.profile)
+    count = max(int(rendered.gpu.count), 0)
+    if profile.is_cpu or count == 0:
+        return HostRequirements(0, 0, None)
+    ram = math.ceil(profile.memory_gb * count)
+    cpu_gb = float((rendered.memory or {}).get("cpu_gb") or 0.0)
+    if cpu_gb > 0:
+        ram = max(ram, math.ceil(cpu_gb * 1.25 + OFFLOAD_HEADROOM_GB))
+    return HostRequirements(ram, VCPUS_PER_GPU * count, image_min_cuda(rendered.image, docker_client))
+
+
+def image_min_cuda(image: str, client: Any = None) -> str:
+    """The CUDA version an image needs, from its ``qa-expert.cuda`` label (local Docker engine); the default
+    when the engine or the image is not at hand (e.g. an image only in a remote registry)."""
+    try:
+        if client is None:
+            import docker
+
+            client = docker.from_env()
+        labels = client.images.get(image).labels or {}
+        return str(labels.get(CUDA_LABEL) or DEFAULT_MIN_CUDA)
+    except Exception:
+        return DEFAULT_MIN_CUDA

@@ -1,4 +1,4 @@
-"""Local backend against a real Docker engine: run a small locally built image, read its logs, cancel it.
+"""Local compute against a real Docker engine: run a small locally built image, read its logs, destroy it.
 
 The image is built FROM the locally seeded base (``scripts/seed-base-image.sh`` → ``qa-expert/base:bookworm``)
 with a stand-in ``qa_train`` package whose ``run`` prints what the launcher handed over, so the test checks the
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from launch.backends.local import LABEL, LocalBackend
-from launch.render import render
-from qa_train.spec import parse_job
+from launch.backends.base import InstanceState, LaunchRequest, OfferQuery, RequestRejected
+from launch.backends.local import LABEL, LocalCompute
+from launch.gpus import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "qa-expert/base:bookworm"
@@ -26,11 +26,10 @@ HOSTILE = "p@ss \"dq\" 'sq' $HOME ${X} `id` ; echo pwned \\ \nline two"
 
 FAKE_RUN = """
 import json, os, sys, time
-spec = json.loads(os.environ["QA_JOB_SPEC"])
-print("JOB", spec["job_id"], flush=True)
+print("JOB", os.environ["QA_JOB_ID"], flush=True)
 print("TOKEN", json.dumps(os.environ.get("HF_TOKEN")), flush=True)
 print("DATA", sorted(os.listdir("/data")), flush=True)
-open(spec["job"]["output_root"] + "/marker", "w").write("written in the container")
+open("/runs/marker", "w").write("written in the container")
 if os.environ.get("QA_TEST_EXIT"):
     sys.exit(int(os.environ["QA_TEST_EXIT"]))
 for i in range(600):
@@ -60,33 +59,31 @@ def image(docker_engine, tmp_path_factory):
     return TAG
 
 
-def _spec(tmp_path: Path, job_id: str):
-    job = parse_job({"run_name": "local-test", "model": {"make_tiny": {"arch": "llama"}},
-                     "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"}})  # fmt: skip
-    return render(job, "cpu", job_id=job_id, image=TAG)
+def _request(job_id: str, **env: str) -> LaunchRequest:
+    return LaunchRequest(name=job_id, image=TAG, env={"QA_JOB_ID": job_id, **env}, disk_gb=10, gpu_count=0)
 
 
-def _backend(tmp_path: Path) -> LocalBackend:
+def _compute(tmp_path: Path) -> LocalCompute:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "t.json").write_text("[]")
-    return LocalBackend(
+    return LocalCompute(
         data_dir=str(data), runs_dir=str(tmp_path / "runs"), shm_size="64m", network_mode="none"
     )
 
 
-def test_run_logs_and_cancel(image, tmp_path):
-    b = _backend(tmp_path)
+def test_run_logs_find_and_destroy(image, tmp_path):
+    c = _compute(tmp_path)
     job_id = f"lt-{uuid.uuid4().hex[:6]}"
-    inst = b.create(_spec(tmp_path, job_id), {"HF_TOKEN": HOSTILE})
+    inst = c.create(_request(job_id, HF_TOKEN=HOSTILE))
     try:
-        c = b.client.containers.get(inst.instance_id)
-        assert c.labels[LABEL] == job_id
-        assert c.attrs["HostConfig"]["ShmSize"] == 64 * 1024 * 1024
-        assert not c.attrs["HostConfig"].get("DeviceRequests")  # cpu profile: no GPU request
-        assert b.find_by_job(job_id) == [inst.instance_id]
+        ctr = c.client.containers.get(inst.instance_id)
+        assert ctr.labels[LABEL] == job_id
+        assert ctr.attrs["HostConfig"]["ShmSize"] == 64 * 1024 * 1024
+        assert not ctr.attrs["HostConfig"].get("DeviceRequests")  # no GPU asked for
+        assert c.find(job_id) == [inst.instance_id] and c.find("nobody") == []
         lines: list[str] = []
-        for line in b.logs(inst.instance_id, follow=True):
+        for line in c.logs(inst.instance_id, follow=True):
             lines.append(line)
             if line.startswith("tick 2"):
                 break
@@ -94,88 +91,47 @@ def test_run_logs_and_cancel(image, tmp_path):
         assert json.loads(next(x for x in lines if x.startswith("TOKEN "))[6:]) == HOSTILE  # intact
         assert "DATA ['t.json']" in lines
         assert (tmp_path / "runs" / "marker").read_text() == "written in the container"
-        assert b.status(inst.instance_id).state == "RUNNING"
-        # the secret is in the container env only: not in its command line
-        assert HOSTILE not in json.dumps(c.attrs["Config"]["Cmd"]) + json.dumps(
-            c.attrs["Config"]["Entrypoint"]
-        )
+        assert c.status(inst.instance_id).state == InstanceState.RUNNING
+        # the image's own ENTRYPOINT runs; the secret is in env only, not on the command line
+        assert ctr.attrs["Config"]["Entrypoint"] == ["python", "-m", "qa_train", "run"]
+        assert HOSTILE not in json.dumps(ctr.attrs["Config"]["Cmd"])
+        c.stop(inst.instance_id)
+        assert c.status(inst.instance_id).state == InstanceState.EXITED
     finally:
-        b.cancel(inst.instance_id)
-    assert b.status(inst.instance_id).state == "GONE"
-    b.cancel(inst.instance_id)  # already gone = done
+        c.destroy(inst.instance_id)
+    assert c.status(inst.instance_id).state == InstanceState.GONE
+    c.destroy(inst.instance_id)  # already gone = done
 
 
 def test_exit_code_is_reported(image, tmp_path):
-    b = _backend(tmp_path)
-    spec = _spec(tmp_path, f"lt-{uuid.uuid4().hex[:6]}")
-    spec.env["QA_TEST_EXIT"] = "3"
-    inst = None
+    c = _compute(tmp_path)
+    job_id = f"lt-{uuid.uuid4().hex[:6]}"
+    inst = c.create(_request(job_id, QA_TEST_EXIT="3"))
     try:
-        try:  # it may be seen running before it exits, or already exited (then create says so)
-            b.create(spec, {})
-        except Exception as e:
-            assert "exited" in str(e)
-        (iid,) = b.find_by_job(spec.job_id)
-        inst = iid
         deadline = time.time() + 30
-        while b.status(iid).state != "EXITED" and time.time() < deadline:
+        while c.status(inst.instance_id).state != InstanceState.EXITED and time.time() < deadline:
             time.sleep(0.2)
-        st = b.status(iid)
-        assert st.state == "EXITED" and st.exit_code == 3
-        assert any(line.startswith("JOB ") for line in b.logs(iid))  # logs outlive the container's run
+        st = c.status(inst.instance_id)
+        assert st.state == InstanceState.EXITED and st.exit_code == 3
+        assert any(line.startswith("JOB ") for line in c.logs(inst.instance_id))  # logs outlive the run
     finally:
-        if inst:
-            b.cancel(inst)
+        c.destroy(inst.instance_id)
 
 
-def test_run_kwargs_request_gpus_for_gpu_profiles(tmp_path):
-    """No engine needed: the device request and mounts the SDK would get for an A100 plan."""
-    job = parse_job({"run_name": "g", "model": {"name_or_path": "mistralai/Mistral-7B-v0.1"},
-                     "data": {"train_path": "/data/t.json", "hotpot_qa_dev_path": "/data/h.json"}})  # fmt: skip
-    spec = render(job, "a100", job_id="g1")
-    kw = LocalBackend(data_dir=str(tmp_path), runs_dir=str(tmp_path / "runs")).run_kwargs(spec, {"A": "1"})
+def test_missing_image_is_rejected(docker_engine, tmp_path):
+    c = _compute(tmp_path)
+    with pytest.raises(RequestRejected, match="not found"):
+        c.create(LaunchRequest("lt-noimg", "qa-expert/does-not-exist:0", {}, 10, gpu_count=0))
+
+
+def test_run_kwargs_request_gpus(tmp_path):
+    """No engine needed: the device request and mounts the SDK would get for two GPUs."""
+    c = LocalCompute(data_dir=str(tmp_path), runs_dir=str(tmp_path / "runs"))
+    kw = c.run_kwargs(LaunchRequest("g1", "img:1", {"A": "1"}, 50, gpu_count=2))
     (req,) = kw["device_requests"]
-    assert req["Count"] == spec.gpu.count and req["Capabilities"] == [["gpu"]]
-    assert kw["entrypoint"] == ["python", "-m", "qa_train", "run"] and kw["labels"][LABEL] == "g1"
+    assert req["Count"] == 2 and req["Capabilities"] == [["gpu"]]
+    assert "entrypoint" not in kw and "command" not in kw and kw["environment"] == {"A": "1"}
+    assert kw["labels"][LABEL] == "g1" and kw["name"] == "qa-g1"
     assert kw["volumes"][str(tmp_path.resolve())] == {"bind": "/data", "mode": "ro"}
     assert kw["volumes"][str((tmp_path / "runs").resolve())]["bind"] == "/runs"
-
-
-def test_submit_cli_to_local_docker_with_secrets_from_an_env_file(image, tmp_path, monkeypatch, capsys):
-    """The whole launcher path on a real engine: render → registry → spec.json → container env → logs → cancel."""
-    import sys
-
-    sys.path.insert(0, str(REPO))
-    from launch.submit import Launcher
-
-    for k in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(k, raising=False)
-    env_file = tmp_path / "secrets.env"
-    env_file.write_text(
-        "# comment\nexport AWS_SECRET_ACCESS_KEY='aws \"quoted\" $secret'\nHF_TOKEN=hf_abc$DEF xyz\n"
-    )
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "model: {make_tiny: {arch: llama}}\ndata: {train_path: /data/t.json, hotpot_qa_dev_path: /data/h.json}\n"
-    )
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "t.json").write_text("[]")
-    job_id = f"cli-{uuid.uuid4().hex[:6]}"
-    launcher = Launcher(str(tmp_path / "runs"))
-    launcher.submit(gpu="cpu", job=str(job), backend="local", image=TAG, job_id=job_id, env_file=str(env_file),
-                    data_dir=str(data), network="none")  # fmt: skip
-    try:
-        out = capsys.readouterr().out
-        assert f"submitted {job_id}: local instance" in out
-        saved = (tmp_path / "runs" / job_id / "spec.json").read_text()
-        assert json.loads(saved)["secret_env"] == ["AWS_SECRET_ACCESS_KEY", "HF_TOKEN"]
-        assert "quoted" not in saved and "hf_abc" not in saved
-        (iid,) = LocalBackend().find_by_job(job_id)
-        env = dict(e.split("=", 1) for e in LocalBackend().client.containers.get(iid).attrs["Config"]["Env"])
-        assert env["AWS_SECRET_ACCESS_KEY"] == 'aws "quoted" $secret' and env["HF_TOKEN"] == "hf_abc$DEF xyz"
-        assert json.loads(env["QA_JOB_SPEC"])["job_id"] == job_id
-    finally:
-        launcher.cancel(job_id)
-    assert LocalBackend().find_by_job(job_id) == []
-    assert "CANCELLED" in (launcher.list() or capsys.readouterr().out)
+    assert c.offers(OfferQuery(PROFILES["cpu"], 0))[0].backend == "local"

@@ -1,27 +1,64 @@
-"""Backends: where a rendered spec runs. ``get_backend(name)`` imports only the one asked for."""
+"""Where instances run: one ``Compute`` per cloud (``launch/backends/<cloud>/``) plus local Docker.
+
+``get_compute(name)`` imports only the one asked for. ``configured_clouds()`` is what ``--backend cheapest``
+means: every cloud whose API key is set.
+"""
 
 from __future__ import annotations
 
-from launch.backends.base import Backend
+import os
+from typing import Any
+
+from launch.backends.base import CloudError, Compute
 
 NAMES = ("local", "vast", "runpod", "cheapest")
+CLOUD_KEYS = {"vast": "VAST_API_KEY", "runpod": "RUNPOD_API_KEY"}
 
 
-def get_backend(name: str, **kwargs) -> Backend:
+def get_compute(name: str, **kw: Any) -> Compute:
+    """The compute called ``name`` (local, vast, runpod); ``kw`` go to its constructor."""
     if name == "local":
-        from launch.backends.local import LocalBackend
+        from launch.backends.local import LocalCompute
 
-        return LocalBackend(**kwargs)
+        return LocalCompute(**kw)
     if name == "vast":
-        from launch.backends.vast import VastBackend
+        from launch.backends.vast import VastCompute
 
-        return VastBackend(**kwargs)
+        return VastCompute(**kw)
     if name == "runpod":
-        from launch.backends.runpod import RunpodBackend
+        from launch.backends.runpod import RunpodCompute
 
-        return RunpodBackend(**kwargs)
+        return RunpodCompute(**kw)
     if name == "cheapest":
-        from launch.backends.cheapest import CheapestBackend
-
-        return CheapestBackend(**kwargs)
+        raise ValueError("'cheapest' is every configured cloud: use configured_clouds()")
     raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
+
+
+def configured_clouds(**kw: dict[str, Any]) -> dict[str, Compute]:
+    """Every cloud whose API key is set (env var or ``api_key`` in that cloud's ``kw``), by name.
+
+    ``kw`` maps a cloud name to its constructor arguments, e.g. ``configured_clouds(vast={"api_url": u})``.
+    Raises CloudError naming the env vars when no cloud is configured."""
+    out: dict[str, Compute] = {}
+    for name, env in CLOUD_KEYS.items():
+        args = dict(kw.get(name) or {})
+        if args.get("api_key") or os.environ.get(env):
+            out[name] = get_compute(name, **args)
+    if not out:
+        raise CloudError(
+            "no cloud is configured: set "
+            + " and/or ".join(CLOUD_KEYS.values())
+            + " (or their *_FILE variants)",
+            cloud="cheapest",
+        )
+    return out
+
+
+def get_backend(name: str, **kw: Any) -> Any:
+    """Legacy entry point of launch/submit.py and launch/managed.py, replaced by ``get_compute`` and the
+    controller in ``launch/jobs/``."""
+    raise CloudError(
+        f"backend {name!r}: the legacy backends are replaced by launch.backends.get_compute / configured_clouds "
+        "(the controller in launch/jobs/ drives them)",
+        cloud=name,
+    )
