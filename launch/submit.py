@@ -327,6 +327,7 @@ class Launcher:
             print(json.dumps(rows, indent=2))
             return
         print(f"{n}x {profile.display} for {spec_job.run_name} ({mode_of(spec_job)}), est. {hours:.1f} h")
+        print(f"hosts with CUDA ≥ {query.min_cuda or '-'}, RAM ≥ {query.min_ram_gb} GB, vCPUs ≥ {query.min_vcpus}")
         print(f"{'cloud':<8} {'offer':<24} {'gpu':<22} {'n':>2} {'$/h':>8} {'reliab.':>7} {'est. $':>8}")
         for r in rows:
             rel = f"{r['reliability']:.3f}" if r["reliability"] is not None else "-"
