@@ -38,6 +38,11 @@ class Ctx:
     def out(self) -> Path:
         return self.tmp / "out"
 
+    @property
+    def cut_train(self) -> Path:
+        """A full train's output_dir whose final save was cut off: model files, checkpoints, no marker."""
+        return self.nomarker
+
 
 def _snapshot(path: Path) -> dict[str, tuple[int, int, str]]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -78,6 +83,8 @@ def ctx(ctx_root: Path, tmp_path: Path) -> Ctx:
     shutil.copytree(ctx_root / "adapter", tmp_path / "adapter")
     shutil.copytree(ctx_root / "adapter", tmp_path / "cutoff", ignore=shutil.ignore_patterns(MARKER))
     shutil.copytree(ctx_root / "base", tmp_path / "nomarker", ignore=shutil.ignore_patterns(MARKER))
+    (tmp_path / "nomarker" / "checkpoint-2").mkdir()
+    (tmp_path / "nomarker" / "trainer_state.json").write_text("{}")
     (tmp_path / "records.json").write_text(json.dumps(make_records(6, seed=3)))
     (tmp_path / "hotpot.json").write_text(json.dumps(make_hotpot(4, seed=3)))
     (tmp_path / "latin1.json").write_bytes(b'[{"question": "caf\xe9?"}]')
@@ -119,7 +126,7 @@ CASES: dict[str, Case] = {
     "merge max length": (lambda c: [*_merge(c, c.out), "--model_max_length", "0"], lambda c: ["--model_max_length", "> 0"]),
     "merge unknown flag": (lambda c: [*_merge(c, c.out), "--bogus"], lambda c: ["unrecognized arguments: --bogus"]),
     # eval: unfinished or missing models, outputs that are inputs, numbers
-    "eval no marker": (lambda c: _eval(c, model=c.nomarker), lambda c: ["--model_path", str(c.nomarker), MARKER]),
+    "eval cut-off train": (lambda c: _eval(c, model=c.cut_train), lambda c: ["--model_path", str(c.cut_train), MARKER]),
     "eval missing model": (lambda c: _eval(c, model=c.tmp / "gone"), lambda c: ["--model_path", "no such folder"]),
     "eval model is file": (lambda c: _eval(c, model=c.a_file), lambda c: ["--model_path", "is a file"]),
     "eval save onto input": (lambda c: _eval(c, save=c.hotpot), lambda c: ["--save_path", "--hotpot_qa_dev_path"]),
@@ -251,8 +258,11 @@ def test_merge_publishes_with_marker_and_replaces_only_its_own_output(ctx: Ctx, 
     assert cli(_merge(ctx, merged)) == 0  # a finished merge output may be replaced by a new merge
     assert read_marker(merged) is not None
     assert not [p for p in ctx.tmp.iterdir() if p.name.startswith(".")], "temporary folders left behind"
-    # eval accepts what merge wrote (it gets past the marker to the data/backend stage)
+    # eval accepts what merge wrote, and a model folder that qa_train did not produce (a downloaded base)
     assert cli(_eval(ctx, "--limit", "1", "--max_new_tokens", "2", "--max_hops", "1", model=merged)) == 0
+    foreign = ctx.tmp / "downloaded"
+    shutil.copytree(ctx.base, foreign, ignore=shutil.ignore_patterns(MARKER))
+    assert cli(_eval(ctx, "--limit", "1", "--max_new_tokens", "2", "--max_hops", "1", model=foreign)) == 0
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from qa_train.fsutil import (
     atomic_write_text,
     check_number,
     check_output,
+    read_marker,
     require_marker,
 )
 
@@ -197,12 +198,29 @@ def check_args(args: argparse.Namespace) -> None:
     check_output(summary_path_for(save_path), "--save_path (its summary file)", inputs, kind="file")
 
 
+# What `train` leaves in an output_dir (besides the model): a folder holding any of these was produced here,
+# so it must carry the completion marker. A folder with none of them is someone else's model (a downloaded
+# base for a baseline eval, or what `run` fetched) and is taken as it is; merge output is published whole,
+# so it is never seen half-written.
+TRAIN_OUTPUT_SIGNS = ("trainer_state.json", "training_args.bin", "train_summary.json", "adapter_config.json")
+
+
+def _made_by_train(folder: Path) -> bool:
+    if any((folder / name).exists() for name in TRAIN_OUTPUT_SIGNS):
+        return True
+    return any(folder.glob("checkpoint-*")) or any(folder.glob(".final.tmp-*"))
+
+
 def check_model(model_path: str) -> None:
-    """A local folder must be a finished save (marker); a missing path is named, not sent to the Hub client."""
+    """A qa_train output folder must be a finished save (marker), else its save was cut off; a missing path is
+    named here instead of being sent to the Hub client."""
     from qa_train.modeling import check_model_path
 
-    if check_model_path(model_path, "--model_path") == "local":
-        require_marker(model_path, "--model_path", "`python -m qa_train merge` or a full `train`")
+    if check_model_path(model_path, "--model_path") != "local":
+        return
+    folder = Path(model_path).expanduser()
+    if read_marker(folder) is None and _made_by_train(folder):
+        require_marker(folder, "--model_path", "`python -m qa_train merge` or a full `train`")
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
