@@ -234,6 +234,10 @@ class RunStore:
             from qa_train.sync.storage import resolve_endpoint
 
             creds = self.credentials or {}
+            pair = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            if bool(creds.get(pair[0])) != bool(creds.get(pair[1])):  # botocore would fail later, obscurely
+                given, missing = pair if creds.get(pair[0]) else pair[::-1]
+                raise ValueError(f"{given} is set but {missing} is not: S3 needs both")
             session = boto3.session.Session(
                 aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID") or None,
                 aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY") or None,

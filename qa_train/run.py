@@ -546,10 +546,8 @@ def load_spec(path: str | None) -> RenderedSpec | JobSpec:
     )
 
 
-def _inputs(job: JobSpec) -> list[tuple[str, str, str]]:
-    """(field, URI, expect) of every input that is a URI (local paths and hub model ids stay as they are)."""
-    from qa_train.inputs import is_remote
-
+def _input_fields(job: JobSpec) -> list[tuple[str, str, str]]:
+    """(field, value, expect) of every input a spec names (data files, model, tiny-model tokenizer text)."""
     d = job.data
     out = [("data.train_path", d.train_path, "any")]
     out += [("data.validation_path", d.validation_path, "any")] if d.validation_path else []
@@ -558,15 +556,23 @@ def _inputs(job: JobSpec) -> list[tuple[str, str, str]]:
         out.append(("model.name_or_path", job.model.name_or_path, "folder"))
     if job.model.make_tiny is not None and job.model.make_tiny.data:
         out.append(("model.make_tiny.data", job.model.make_tiny.data, "any"))
-    return [(f, u, e) for f, u, e in out if is_remote(u)]
+    return out
 
 
-def localize(job: JobSpec, cache_dir: str | None = None) -> tuple[JobSpec, Stage | None]:
-    """The job with every input URI replaced by its cache path, and the ``inputs`` stage that fetches them."""
-    from qa_train.inputs import local_path_for
+def localize(
+    job: JobSpec, cache_dir: str | None = None, backend: str | None = None
+) -> tuple[JobSpec, Stage | None]:
+    """The job with every input URI replaced by its cache path, and the ``inputs`` stage that fetches them.
 
-    remote = _inputs(job)
-    if not remote:
+    On a cloud backend (no /data mount) a data path that does not exist there fails this stage at once, not
+    the eval stage hours later."""
+    from qa_train.inputs import is_remote, local_path_for
+
+    fields = _input_fields(job)
+    remote = [(f, u, e) for f, u, e in fields if is_remote(u)]
+    cloud = (backend or "").lower() in ("vast", "runpod")
+    absent = [(f, u) for f, u, _ in fields if cloud and f.startswith("data.") and not is_remote(u)]
+    if not remote and not absent:
         return job, None
     local = {u: local_path_for(u, cache_dir) for _, u, _ in remote}
     data = job.data.model_copy(
@@ -582,8 +588,14 @@ def localize(job: JobSpec, cache_dir: str | None = None) -> tuple[JobSpec, Stage
     new_job = job.model_copy(update={"data": data, "model": model})
 
     def fetch_all() -> tuple[int, str | None]:
-        from qa_train.inputs import InputError, fetch_input
+        from qa_train.inputs import EXIT_USAGE, InputError, fetch_input
 
+        for what, path in absent:
+            if not Path(path).exists():
+                return EXIT_USAGE, (
+                    f"{what}: {path} does not exist on this {backend} instance (a cloud host has no /data "
+                    "mount): use s3://… (python launch/submit.py upload-data), https://… or hf://datasets/…"
+                )
         for what, uri, expect in remote:
             try:
                 path = fetch_input(uri, cache_dir, what=what, expect=expect)  # type: ignore[arg-type]
@@ -621,7 +633,7 @@ def main(argv: list[str]) -> int:
         job = job.model_copy(update={"output_root": a.output_root})
     run_dir = Path(job.run_dir())
     ds_path = str(run_dir / "ds_config.json") if plan.launcher == "deepspeed" else None
-    local_job, fetch_stage = localize(job)
+    local_job, fetch_stage = localize(job, backend=os.environ.get(ENV_BACKEND))
     stages = ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
     if a.print_plan:
         print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages if s.commands], indent=2))

@@ -161,3 +161,9 @@ def test_submit_upload_data_prints_the_uris_for_a_job_spec(s3, tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, env=bad_env, cwd=repo, timeout=120)
     assert p.returncode == 1 and p.stderr.startswith(f"error: upload to {s3.uri('user-data')} failed")
     assert "refused-secret-value-42" not in p.stderr + p.stdout
+
+
+def test_half_a_credential_pair_is_named():
+    store = RunStore(RunLayout("s3://b/r"), credentials={"AWS_SECRET_ACCESS_KEY": "only-the-secret"})
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not"):
+        store.get_text("report.json")

@@ -234,3 +234,20 @@ def test_smoke_pipeline_from_s3_inputs_reports_and_relaunches(
     assert (tmp_path / "disk3" / "smoke-rep" / "merged" / "config.json").is_file()
     assert not (tmp_path / "disk3" / "smoke-rep" / "model").exists()  # final/ was not needed: merge was done
     assert os.path.isdir(tmp_path / "cache1")
+
+
+def test_cloud_backend_refuses_a_container_path_before_training(tmp_path):
+    """No /data on a rented host: a local data path that is not there fails the inputs stage at once."""
+    job = {"run_name": "nodata", "model": {"name_or_path": "org/m"}, "stages": ["train"],
+           "data": {"train_path": "/data/train.json"}, "output_root": str(tmp_path / "out")}  # fmt: skip
+    env = {**os.environ, "QA_JOB_SPEC": json.dumps(job), "QA_BACKEND": "runpod"}
+    for k in ("RUNPOD_POD_ID", "RUNPOD_API_KEY", "QA_KEEP_INSTANCE"):
+        env.pop(k, None)
+    p = _run_cli(env)
+    assert p.returncode == 2, p.stderr
+    assert "error: data.train_path: /data/train.json does not exist on this runpod instance" in p.stderr
+    report = RunReport.from_json((tmp_path / "out" / "nodata" / "report.json").read_text())
+    assert report.state is RunState.FAILED and [(s.name, s.exit_code) for s in report.stages] == [
+        ("inputs", 2)
+    ]
+    assert "cannot stop the runpod instance myself: RUNPOD_POD_ID, RUNPOD_API_KEY not set" in p.stderr
