@@ -153,3 +153,37 @@ def test_run_stops_the_instance_after_the_final_report(s3, tmp_path):
     assert report.state == "failed" and report.failed_stage().name == "inputs"
     assert "warning: could not stop vast instance 77" in p.stderr and KEY not in p.stderr + p.stdout
     assert os.path.exists(tmp_path / "out" / "stopper" / "report.json")
+
+
+def test_a_signal_leaves_the_report_running_and_the_instance_up(s3, tmp_path):
+    """docker stop / preemption mid-run: not a final report (the controller may relaunch), no self-stop."""
+    import signal
+    import time
+
+    from tests.test_inputs import Recorder
+
+    web, api = Recorder(), CloudApi()
+    store = RunStore(RunLayout.of(s3.uri("runs"), "sig"))
+    job = {"run_name": "sig", "model": {"name_or_path": "org/m"}, "stages": ["train"],
+           "data": {"train_path": f"{web.url}/d/slow.json"}, "sync": {"target": s3.uri("runs")},
+           "output_root": str(tmp_path / "out")}  # fmt: skip
+    env = {**s3.env, "QA_JOB_SPEC": json.dumps(job), "QA_BACKEND": "vast", "CONTAINER_ID": "5",
+           "CONTAINER_API_KEY": KEY, "VAST_API_URL": api.url, "QA_INPUT_CACHE": str(tmp_path / "c"),
+           "QA_INPUT_TIMEOUT": "60"}  # fmt: skip
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "qa_train", "run"], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not web.requests and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert web.requests, "the inputs stage never started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        web.close()
+        api.close()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    report = store.read_report()
+    assert report.state == "running" and "interrupted" in report.error
+    assert [(s.name, s.exit_code) for s in report.stages] == [("inputs", None)]
+    assert api.calls == []
