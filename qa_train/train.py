@@ -306,6 +306,7 @@ def _save_final(trainer: Any, tokenizer: Any, output_dir: Path) -> None:
     tmp = _final_tmp_dir(output_dir)
     try:
         trainer.save_model(str(tmp))
+        trainer.accelerator.wait_for_everyone()  # every rank's share is on disk before rank 0 moves it
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(tmp))
             trainer.state.save_to_json(str(tmp / "trainer_state.json"))  # loss history for users and tests
