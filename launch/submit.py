@@ -129,8 +129,8 @@ class Launcher:
             data_dir=str(Path(data_dir).resolve()) if data_dir else None, network=network,
             env_file=str(Path(env_file).resolve()) if env_file else None,
         )  # fmt: skip
+        reg = self._registry()  # a broken registry file is found before anything else is checked or rented
         plan = self._prepare(rendered, secrets, opts)
-        reg = self._registry()
         row, created = reg.claim(
             rendered.job_id, backend, gpu=rendered.gpu.profile, run_name=spec_job.run_name,
             run_uri=plan.store.layout.root if plan.store else None, managed=bool(managed or detach), options=opts,
@@ -336,7 +336,7 @@ class Launcher:
         if not rows:
             print("(no offers)")
 
-    def status(self, job_id: str | None = None, json: bool = False) -> None:  # noqa: A002 - the flag is --json
+    def status(self, job_id: str | None = None, *, json: bool = False) -> None:  # noqa: A002 - the flag is --json
         """One job: the registry's record, the run report from object storage (state, stages, last committed
         step) and the live instance state; without JOB_ID, the list. ``--json`` for machines."""
         if job_id is None:
