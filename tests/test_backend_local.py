@@ -72,6 +72,7 @@ def _compute(tmp_path: Path) -> LocalCompute:
     )
 
 
+@pytest.mark.slow
 def test_run_logs_find_and_destroy(image, tmp_path):
     c = _compute(tmp_path)
     job_id = f"lt-{uuid.uuid4().hex[:6]}"

@@ -205,6 +205,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(ctx: Ctx, case: str, ca
     ],
     ids=["train --bogus", "merge into base", "convert IN IN"],
 )
+@pytest.mark.slow
 def test_real_command_line_has_no_traceback(ctx: Ctx, argv_of) -> None:
     proc = subprocess.run([sys.executable, "-m", "qa_train", *argv_of(ctx)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)  # fmt: skip

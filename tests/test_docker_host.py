@@ -60,6 +60,7 @@ def _wait_logs(host: DockerHost, iid: str, word: str, count: int, timeout: float
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_pulls_from_the_registry_and_runs_with_only_the_given_env(host: DockerHost, base_in_registry: str):
     import docker
 
@@ -89,6 +90,7 @@ def test_pulls_from_the_registry_and_runs_with_only_the_given_env(host: DockerHo
     assert "('QA_ONLY', 'this')" in host.logs("7001")
 
 
+@pytest.mark.slow
 def test_kill_restart_stop_remove(host: DockerHost, base_in_registry: str):
     loop = "import time\nprint('up', flush=True)\nwhile True: time.sleep(0.2)"
     host.start("7002", base_in_registry, {}, None, command=["python3", "-c", loop])
@@ -115,6 +117,7 @@ def test_missing_image_is_a_host_error(host: DockerHost, registry: LocalRegistry
     assert host.state("7003") == "missing"
 
 
+@pytest.mark.slow
 def test_private_registry_needs_the_create_requests_credentials(
     host: DockerHost, auth_registry: LocalRegistry
 ):

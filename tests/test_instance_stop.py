@@ -128,6 +128,7 @@ def test_failure_is_one_warning_after_retries():
     assert "warning: could not stop vast instance 9: HTTP 401" in line and KEY not in line
 
 
+@pytest.mark.slow
 def test_run_stops_the_instance_after_the_final_report(s3, tmp_path):
     """Through ``qa_train run``: the stop request arrives when report.json in S3 is already final, and a
     failing stop changes neither the exit code nor the report."""

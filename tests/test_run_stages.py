@@ -78,6 +78,7 @@ def run_cli(args: list[str], env_extra: dict[str, str] | None = None, timeout: i
                           cwd=REPO, env=env, timeout=timeout)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_missing_data_file_fails_the_train_stage_by_name(tmp_path, tiny_llama):
     job = {"run_name": "broken", "model": {"name_or_path": str(tiny_llama)}, "use_lora": True,
            "data": {"train_path": str(tmp_path / "missing.json"), "hotpot_qa_dev_path": str(tmp_path / "h.json")},

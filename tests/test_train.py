@@ -89,6 +89,7 @@ def test_original_readme_commands_parse(tmp_path, tiny_llama, records_file, vali
     assert (args.deepspeed is not None) == multi_gpu
 
 
+@pytest.mark.slow
 def test_original_single_gpu_command_trains_with_steps_cut(
     tmp_path, tiny_llama, records_file, validation_file
 ):
@@ -115,6 +116,7 @@ def _repeat_file(tmp_path: Path, n: int = 2) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "lora", "qlora"])
 def test_loss_decreases_on_a_repeated_batch(tmp_path, tiny_llama, mode):
     data = _repeat_file(tmp_path)
@@ -197,6 +199,7 @@ def test_eval_only_loss_is_the_same_packed_and_unpacked(tmp_path, tiny_llama, va
     assert losses["True"] == pytest.approx(losses["False"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_packed_and_padded_training_report_the_same_first_loss(tmp_path, tiny_llama, records_file):
     """Token-weighted losses: one step over the same samples gives the same loss packed or padded."""
     firsts = {}
@@ -340,6 +343,7 @@ def test_bad_input_gives_one_clear_error_and_no_checkpoint(tmp_path, tiny_llama,
     assert not list(out.glob("checkpoint-*")) and not (out / "train_summary.json").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_exit_code_from_the_command_line(tmp_path, tiny_llama):
     path, message, _ = _bad_input_cases(tmp_path)["missing_field"]
     proc = subprocess.run(
@@ -390,6 +394,7 @@ def test_qlora_with_zero3_is_refused_before_loading(tmp_path, tiny_llama, record
     assert "QLoRA (4-bit base) cannot be sharded with DeepSpeed ZeRO-3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_qwen2_and_mistral_train_and_model_type_is_detected(tmp_path, tiny_qwen2, tiny_mistral, records_file):
     for model in (tiny_qwen2, tiny_mistral):
         summary = train_run(
