@@ -157,7 +157,9 @@ def parse(
         return args  # the launcher's own help: its list of commands
     if args and not _is_flag(args[0]):
         command, args = args[0], args[1:]
-        if command not in commands:
+        if command.replace("-", "_") in {c.replace("-", "_") for c in commands}:
+            command = next(c for c in commands if c.replace("-", "_") == command.replace("-", "_"))
+        else:
             near = _suggest(command, commands)
             hint = f" (did you mean '{near}'?)" if near else ""
             if command.lower() in choices.get("gpu", ()):
