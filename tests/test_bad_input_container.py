@@ -214,6 +214,7 @@ def test_real_command_line_has_no_traceback(ctx: Ctx, argv_of) -> None:
     assert "Traceback" not in proc.stderr and not ctx.out.exists()
 
 
+@pytest.mark.slow
 def test_interrupted_final_save_leaves_no_marker_and_no_stale_summary(ctx: Ctx, monkeypatch) -> None:
     """A finished run marks output_dir and its checkpoint; a re-run cut off in its final save leaves neither
     the old summary nor any marker (so merge refuses the folder), and no half-assembled save."""

@@ -85,6 +85,7 @@ def base_image(docker_engine) -> str:
     return BASE
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_push_then_check(base_image, registry: LocalRegistry):
     ref = registry.ref("qa/base", _tag())
@@ -118,6 +119,7 @@ def test_unreachable_registry_is_one_clear_error():
         check_image(ref, timeout=5)
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_auth_registry_good_and_bad_credentials(base_image, auth_registry: LocalRegistry):
     reg = auth_registry
