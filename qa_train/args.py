@@ -70,6 +70,24 @@ class TrainingArguments(HfTrainingArguments):
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    save_every_minutes: float = field(
+        default=0,
+        metadata={
+            "help": "Also save a checkpoint when M minutes passed since the last one (0: off), on top "
+            "of --save_strategy: bounds the work a preemption loses"
+        },
+    )
+    sigterm_grace_s: float = field(
+        default=25,
+        metadata={
+            "help": "Seconds between SIGTERM and SIGKILL (docker stop -t; vast/RunPod give more): on "
+            "SIGTERM the current step ends, then a checkpoint is saved and committed if that fits"
+        },
+    )
+    sigterm_min_age_s: float = field(
+        default=60,
+        metadata={"help": "On SIGTERM, save only when the last checkpoint is older than this many seconds"},
+    )
 
     def __post_init__(self) -> None:
         # Ours first: the Trainer's own checks name fewer flags, and some nonsense it accepts silently
@@ -129,6 +147,21 @@ def check_training_ranges(a: Any) -> None:
     check_number("--dataloader_num_workers", a.dataloader_num_workers, a.dataloader_num_workers >= 0, ">= 0")
     check_number("--lora_r", a.lora_r, a.lora_r >= 1, ">= 1")
     check_number("--lora_alpha", a.lora_alpha, _finite(a.lora_alpha) and a.lora_alpha > 0, "> 0")
+    check_number(
+        "--save_every_minutes",
+        a.save_every_minutes,
+        _finite(a.save_every_minutes) and a.save_every_minutes >= 0,
+        ">= 0 (0: off)",
+    )
+    check_number(
+        "--sigterm_grace_s", a.sigterm_grace_s, _finite(a.sigterm_grace_s) and a.sigterm_grace_s >= 0, ">= 0"
+    )
+    check_number(
+        "--sigterm_min_age_s",
+        a.sigterm_min_age_s,
+        _finite(a.sigterm_min_age_s) and a.sigterm_min_age_s >= 0,
+        ">= 0",
+    )
     dropout = a.lora_dropout
     check_number("--lora_dropout", dropout, _finite(dropout) and 0 <= dropout < 1, ">= 0 and < 1")
 

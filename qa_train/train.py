@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,67 @@ FINAL_TMP_PREFIX = ".final.tmp-"
 
 class ConfigError(UsageError):
     """Incompatible flags."""
+
+
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: what a process killed by SIGTERM reports; never a final outcome
+
+
+class Preempted(Exception):
+    """SIGTERM handled (checkpoint saved and committed, or deliberately not): exit 143, no final save."""
+
+
+def _install_sigterm(guard: Any) -> None:
+    """SIGTERM before training: exit at once (nothing to keep). During training: only note the time, the
+    guard acts at the end of the current step. After training (final save): carry on within the grace."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if guard.phase == "training":
+            if guard.term_at is None:
+                logger.warning("SIGTERM: finishing the current step (grace %.0fs)", guard.grace_s)
+            guard.signal_received(signum)
+            return
+        if guard.phase == "final":
+            logger.warning("SIGTERM during the final save: carrying on within the grace period")
+            return
+        print("SIGTERM before training started: exiting now", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _finish_preempted(guard: Any, session: Any, trainer: Any) -> str:
+    """Wait (within the grace) for the commit of what the guard saved, and say what happened in one line."""
+    o = guard.outcome
+    deadline = o.received_at + guard.grace_s - 0.5
+    uploader = session.uploader
+    name = f"checkpoint-{o.step}"
+    line = ""
+    if trainer.is_world_process_zero():
+        if uploader is not None:  # earlier checkpoints still uploading are worth their commit too
+            uploader.wait(timeout=max(0.0, deadline - guard.clock()))
+        elapsed = guard.clock() - o.received_at
+        if o.action == "save":
+            if uploader is None:
+                line = f"SIGTERM: saved {name} in {elapsed:.1f}s (no sync target: kept locally)"
+            elif name in uploader.committed:
+                line = f"SIGTERM: saved and committed {name} in {elapsed:.1f}s"
+            else:
+                line = (
+                    f"SIGTERM: saved {name} but its upload did not commit within the {guard.grace_s:.0f}s grace "
+                    f"({elapsed:.1f}s); exiting"
+                )
+        elif o.action == "skip":
+            line = (
+                f"SIGTERM: last checkpoint is {o.step - o.last_step} steps old but a save would take "
+                f"~{o.estimate_s:.0f}s > grace ({max(o.budget_s, 0):.0f}s left of {guard.grace_s:.0f}s); exiting now"
+            )
+        else:
+            line = (
+                f"SIGTERM: last checkpoint (step {o.last_step}) is {o.step - o.last_step} steps / {o.age_s:.0f}s "
+                f"old (< --sigterm_min_age_s {guard.min_age_s:.0f}); exiting now"
+            )
+    trainer.accelerator.wait_for_everyone()  # every rank leaves together (the launcher kills stragglers)
+    return line
 
 
 def _setup_logging(training_args: Any) -> None:
@@ -323,10 +385,17 @@ def run(argv: list[str]) -> dict[str, Any]:
     from qa_train.args import parse_train_args
     from qa_train.fsutil import atomic_write_json, write_marker
     from qa_train.sync import start_sync
-    from qa_train.trainer import QATrainer
+    from qa_train.sync.callback import dir_bytes
+    from qa_train.trainer import PreemptionGuard, QATrainer, model_state_bytes
 
     model_args, data_args, training_args, sync_args = parse_train_args(argv)
     _setup_logging(training_args)
+    guard = PreemptionGuard(
+        save_every_minutes=training_args.save_every_minutes,
+        grace_s=training_args.sigterm_grace_s,
+        min_age_s=training_args.sigterm_min_age_s,
+    )
+    _install_sigterm(guard)
     _check_flags(model_args, data_args, training_args)
     # Storage credentials and the resume point are settled first: a typo in a key fails in seconds, not after
     # tokenizing the data set.
@@ -348,6 +417,10 @@ def run(argv: list[str]) -> dict[str, Any]:
     )
 
     model = load_model(model_args, data_args, training_args, tokenizer)
+    guard.uploader = session.uploader
+    guard.estimated_bytes = (
+        dir_bytes(session.resume_from) if session.resume_from else 0
+    ) or model_state_bytes(model)
     trainer = QATrainer(
         model=model,
         args=training_args,
@@ -355,7 +428,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         eval_dataset=eval_ds,
         data_collator=_collator(data_args.packing, tokenizer, data_args, max_len),
         processing_class=tokenizer,
-        callbacks=[_marker_callback(), *session.callbacks],
+        callbacks=[_marker_callback(), guard, *session.callbacks],
     )
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
@@ -375,8 +448,14 @@ def run(argv: list[str]) -> dict[str, Any]:
         "global_step": 0,
         "resumed_from": session.resumed_from,
     }
+    final_done = None
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=session.resume_from)
+        if guard.stopping:
+            line = _finish_preempted(guard, session, trainer)
+            raise Preempted(line)
+        if trainer.finished_on_resume:
+            final_done = session.committed_final() if trainer.is_world_process_zero() else None
         _save_final(trainer, tokenizer, output_dir)
         tokens = torch.tensor(float(trainer.real_tokens_seen), device=training_args.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -385,7 +464,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         summary.update(
             train_tokens=int(tokens.item()),
             tokens_per_second=tokens.item() / runtime if runtime else None,
-            train_loss=result.training_loss,
+            train_loss=None if trainer.finished_on_resume else result.training_loss,
             global_step=trainer.state.global_step,
         )
     if training_args.do_eval:
@@ -400,7 +479,13 @@ def run(argv: list[str]) -> dict[str, Any]:
         logger.info("Wrote %s", output_dir / "train_summary.json")
         if training_args.do_train:  # last: the folder now holds a finished model (uploaded with it by finish)
             write_marker(output_dir, "train", mode=summary["mode"], global_step=summary["global_step"])
-        session.finish(output_dir, summary)
+        if final_done is not None:
+            logger.info(
+                "%s is already committed (%d files, every size as in its manifest): not uploaded again",
+                final_done.uri,
+                final_done.num_files,
+            )
+        session.finish(output_dir, summary, upload_final=final_done is None)
     return summary
 
 
@@ -412,7 +497,8 @@ def _log_error(exc: BaseException) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Exit 0 on success; 2 with one ``error:`` line for bad input/flags; 3 when object storage fails."""
+    """Exit 0 on success; 2 with one ``error:`` line for bad input/flags; 3 when object storage fails; 143
+    after a SIGTERM (with a ``SIGTERM: …`` line saying whether a checkpoint was saved and committed)."""
     from qa_train.sync import SyncError
 
     try:
@@ -425,6 +511,11 @@ def main(argv: list[str]) -> int:
         _log_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except Preempted as exc:
+        if str(exc):
+            logger.warning("%s", exc)
+            print(str(exc), file=sys.stderr, flush=True)
+        return EXIT_SIGTERM
     return 0
 
 

@@ -81,8 +81,19 @@ class SyncSession:
     endpoint_url: str | None = None
     uploader: Any = None  # BackgroundUploader on world rank 0 when syncing
 
-    def finish(self, output_dir: Path, summary: dict[str, Any]) -> None:
-        """Wait for checkpoint uploads, push ``final/`` (+ train_summary.json); raise naming any failed upload."""
+    def committed_final(self) -> Any:
+        """The run's ``final/`` folder when it is committed (manifest present, every file there with its
+        size), else None; always None without a sync target."""
+        if self.client is None or self.run is None:
+            return None
+        from .remote import list_run
+
+        return next((f for f in list_run(self.client, self.run) if f.name == "final" and f.committed), None)
+
+    def finish(self, output_dir: Path, summary: dict[str, Any], *, upload_final: bool = True) -> None:
+        """Wait for checkpoint uploads, push ``final/`` (+ train_summary.json); raise naming any failed upload.
+
+        ``upload_final=False``: an earlier launch committed ``final/`` already (verified by the caller)."""
         if self.uploader is None:
             return
         from .transfer import push_directory
@@ -94,17 +105,18 @@ class SyncSession:
         final = self.run.child("final")
         summary_bytes = (json.dumps(summary, indent=2, default=str) + "\n").encode()
         try:
-            push_directory(
-                self.client,
-                Path(output_dir),
-                final,
-                progress=self.uploader.progress,
-                concurrency=self.uploader.concurrency,
-                endpoint_url=self.endpoint_url,
-                extra_files={"train_summary.json": summary_bytes},
-                top_level_only=True,
-            )
-            logger.info("Uploaded final model and train_summary.json to %s", final.uri)
+            if upload_final:
+                push_directory(
+                    self.client,
+                    Path(output_dir),
+                    final,
+                    progress=self.uploader.progress,
+                    concurrency=self.uploader.concurrency,
+                    endpoint_url=self.endpoint_url,
+                    extra_files={"train_summary.json": summary_bytes},
+                    top_level_only=True,
+                )
+                logger.info("Uploaded final model and train_summary.json to %s", final.uri)
         except SyncError as exc:
             problems.append(f"final (local copy at {output_dir}): {exc}")
         self.uploader.close()

@@ -47,6 +47,18 @@ def snapshot(src: Path, dest: Path) -> Path:
     return dest
 
 
+def dir_bytes(path: Path) -> int:
+    """Size of every file under ``path`` (0 when it vanished)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
 class BackgroundUploader:
     """Feeds checkpoints to one niced upload worker process, one at a time (each upload is parallel multipart).
 
@@ -70,6 +82,7 @@ class BackgroundUploader:
         self.progress = False
         self.failures: list[UploadFailure] = []
         self.committed: list[str] = []
+        self.transfers: list[tuple[int, float]] = []  # (bytes, seconds) of each commit: observed throughput
         self.protect: set[str] = set()
         self._paths: dict[str, Path] = {}
         self._pending: set[str] = set()
@@ -109,6 +122,8 @@ class BackgroundUploader:
                 self._pending.discard(name)
                 if result.get("ok"):
                     self.committed.append(name)
+                    if result.get("bytes") and result.get("seconds"):
+                        self.transfers.append((int(result["bytes"]), float(result["seconds"])))
                 else:
                     self.failures.append(
                         UploadFailure(name, self._paths.get(name, Path("?")), result.get("error", ""))
@@ -134,10 +149,22 @@ class BackgroundUploader:
                     self.failures.append(UploadFailure(name, local_dir, "upload worker is not running"))
                 self._cond.notify_all()
 
-    def wait(self) -> None:
-        """Block until every submitted upload finished (committed or failed)."""
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted upload finished (committed or failed); False if ``timeout`` ran out."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._pending)
+            return self._cond.wait_for(lambda: not self._pending, timeout=timeout)
+
+    def bytes_per_second(self) -> float | None:
+        """Upload throughput observed so far (bytes over seconds of the commits), None before the first."""
+        total_b = sum(b for b, _ in self.transfers)
+        total_s = sum(s for _, s in self.transfers)
+        return total_b / total_s if total_b and total_s > 0 else None
+
+    def pending_bytes(self) -> int:
+        """Bytes of the snapshots still waiting for (or in) upload: a new upload queues behind them."""
+        with self._cond:
+            paths = [self._paths[n] for n in self._pending if n in self._paths]
+        return sum(dir_bytes(p) for p in paths)
 
     def close(self) -> None:
         self.wait()

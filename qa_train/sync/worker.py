@@ -98,6 +98,12 @@ def main() -> int:
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",
     )
+    import signal
+
+    # The training process decides what a SIGTERM/SIGINT means (save and commit within the grace, or stop):
+    # a signal sent to the whole process group must not cut the upload it is waiting for.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = json.loads(sys.stdin.readline() or "{}")
     _die_with_parent(int(config.get("parent_pid") or 0))
     if config.get("nice"):

@@ -1,0 +1,97 @@
+"""Preemption-safe training (issue 13): time-bounded saves, a finished run stays finished on resume, SIGTERM.
+
+Real parts only: `python -m qa_train train` subprocesses against SeaweedFS, the CPU image under `docker stop`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qa_train.sync.manifest import FileEntry, Manifest
+from qa_train.sync.remote import apply_retention, list_run
+from qa_train.sync.storage import S3Location
+from tests.test_sync_train import Proc
+
+
+def cmd(model: Path, data: Path, out: Path, sync_to: str | None, run_name: str, *extra: str) -> list[str]:
+    import sys
+
+    base = [
+        sys.executable, "-m", "qa_train", "train", "--model_name_or_path", str(model), "--train_path", str(data),
+        "--output_dir", str(out), "--logging_steps", "1", "--per_device_train_batch_size", "2",
+        "--packing", "False", "--model_max_length", "256", "--report_to", "none", "--use_cpu", "True",
+        "--seed", "42", "--disable_tqdm", "True", "--run_name", run_name, "--dataloader_num_workers", "0",
+    ]  # fmt: skip
+    if sync_to:
+        base += ["--sync_to", sync_to]
+    return [*base, *extra]
+
+
+@pytest.mark.slow
+def test_resume_at_max_steps_trains_no_step_and_only_verifies_final(s3, tiny_llama, records_file, tmp_path):
+    """48 records / batch 2 = 24 steps per epoch: max_steps 6 is not an epoch boundary (the measured bug)."""
+    sync_to, env = s3.uri("runs"), {**s3.env, "PYTHONUNBUFFERED": "1"}
+    extra = ("--max_steps", "6", "--save_steps", "3")
+    first = Proc(cmd(tiny_llama, records_file, tmp_path / "a", sync_to, "done", *extra), env)
+    assert first.wait() == 0, first.output[-3000:]
+    client = s3.client()
+    manifest_key = "runs/done/final/_manifest.json"
+    before = client.head_object(Bucket=s3.bucket, Key=manifest_key)["LastModified"]
+
+    again = Proc(cmd(tiny_llama, records_file, tmp_path / "b", sync_to, "done", *extra), env)
+    assert again.wait() == 0, again.output[-3000:]
+    assert "Resuming from checkpoint-6" in again.output
+    assert "training is finished, going straight to the final save" in again.output
+    assert "s3://" in again.output and "already committed" in again.output
+    summary = json.loads((tmp_path / "b" / "train_summary.json").read_text())
+    assert summary["global_step"] == 6, "resuming a finished run must not train another step"
+    state = json.loads((tmp_path / "b" / "trainer_state.json").read_text())
+    assert max(h["step"] for h in state["log_history"]) == 6
+    assert not (tmp_path / "b" / "checkpoint-7").exists()
+    assert client.head_object(Bucket=s3.bucket, Key=manifest_key)["LastModified"] == before, (
+        "final re-uploaded"
+    )
+    assert (tmp_path / "b" / "model.safetensors").is_file(), "the local final save still happens"
+
+
+@pytest.mark.slow
+def test_save_every_minutes_saves_on_time_with_save_strategy_no(s3, tiny_llama, records_file, tmp_path):
+    """--save_strategy no and a 0.01 min (0.6 s) bound: checkpoints appear anyway, and get committed."""
+    out = tmp_path / "timed"
+    p = Proc(
+        cmd(tiny_llama, records_file, out, s3.uri("runs"), "timed", "--max_steps", "12", "--save_strategy", "no",
+            "--save_every_minutes", "0.01"),
+        {**s3.env, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert p.wait() == 0, p.output[-3000:]
+    assert "save_every_minutes:" in p.output
+    committed = [f.step for f in list_run(s3.client(), S3Location.parse(s3.uri("runs/timed"))) if f.committed]
+    assert len([s for s in committed if s is not None]) >= 1, p.output[-2000:]
+
+
+def test_save_every_minutes_must_be_positive(tiny_llama, records_file, tmp_path, capsys):
+    from qa_train.train import main
+
+    rc = main(cmd(tiny_llama, records_file, tmp_path / "o", None, "x", "--save_every_minutes", "-1")[4:])
+    assert rc == 2
+    assert "--save_every_minutes must be >= 0" in capsys.readouterr().err
+
+
+def test_retention_never_deletes_the_newest_committed_checkpoint(s3):
+    """keep=1 with a newer upload still in flight (no manifest yet): the newest committed one stays."""
+    client = s3.client()
+    run = S3Location.parse(s3.uri("ret"))
+    for step in (2, 4, 6):
+        client.put_object(Bucket=s3.bucket, Key=f"ret/checkpoint-{step}/w.bin", Body=b"x" * 10)
+    manifest = Manifest(files=[FileEntry("w.bin", 10, "0" * 64)]).to_json().encode()
+    for step in (2, 4):
+        client.put_object(Bucket=s3.bucket, Key=f"ret/checkpoint-{step}/_manifest.json", Body=manifest)
+    committed = {f.name for f in list_run(client, run) if f.committed}
+    assert committed == {"checkpoint-2", "checkpoint-4"}, committed
+    deleted = apply_retention(client, run, keep=1)
+    assert deleted == ["checkpoint-2"]
+    left = {f.name: f.committed for f in list_run(client, run)}
+    assert left == {"checkpoint-4": True, "checkpoint-6": False}
