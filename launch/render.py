@@ -23,6 +23,28 @@ Offload = Literal["auto", "none", "optimizer", "all"]
 OFFLOADS = ("auto", "none", "optimizer", "all")
 
 
+INTERRUPTIBLE_SAVE_MINUTES = 30.0  # default save_every_minutes of an interruptible job (spec leaves it unset)
+
+
+def with_save_bound(job: JobSpec, interruptible: bool) -> JobSpec:
+    """An interruptible job whose spec sets no ``training.save_every_minutes`` gets the default bound: with
+    ``save_strategy: epoch`` a preemption late in an epoch would otherwise lose the whole epoch."""
+    if not interruptible or job.training.save_every_minutes is not None:
+        return job
+    training = job.training.model_copy(update={"save_every_minutes": INTERRUPTIBLE_SAVE_MINUTES})
+    return job.model_copy(update={"training": training})
+
+
+def preemption_bound_line(minutes: float | None, price_per_hour: float | None = None) -> str | None:
+    """``a preemption loses at most M minutes ≈ $X at this offer's price`` (no dollars without a price)."""
+    if not minutes:
+        return None
+    line = f"a preemption loses at most {minutes:g} minutes of training"
+    if price_per_hour:
+        line += f" ≈ ${price_per_hour * minutes / 60:.2f} at this offer's price (${price_per_hour:.3f}/h)"
+    return line + " (training.save_every_minutes)"
+
+
 class PlanError(ValueError):
     """The job cannot run as asked on this hardware; the message says what would."""
 

@@ -44,7 +44,7 @@ from launch.jobs.plan import (  # noqa: E402
 )
 from launch.jobs.state import JobOptions, JobRow, JobState, Registry, RegistryError  # noqa: E402
 from launch.jobs.status import job_status, status_lines, summary  # noqa: E402
-from launch.render import PlanError, mode_of, render  # noqa: E402
+from launch.render import PlanError, mode_of, preemption_bound_line, render, with_save_bound  # noqa: E402
 from qa_train.contract import SPEC_NAME, RunReport  # noqa: E402
 from qa_train.spec import RenderedSpec, SpecError, load_job, parse_rendered  # noqa: E402
 
@@ -109,7 +109,7 @@ class Launcher:
         --managed: stay attached as the job's controller (relaunch on preemption, up to --max_restarts, within
         --budget dollars); --detach: run that controller in the background (status/logs/cancel/resume from any
         shell). Cloud instances stop themselves when the run ends unless --keep_instance."""
-        spec_job = load_job(job)
+        spec_job = with_save_bound(load_job(job), bool(interruptible))  # interruptible: save every 30 min
         secrets = load_secrets(CONTAINER_SECRETS, env_file=env_file)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
         rendered = render(spec_job, gpu, num_gpus=num_gpus, offload=offload, image=image,
@@ -117,6 +117,8 @@ class Launcher:
                           secret_names=list(secrets))  # fmt: skip
         if dry_run:
             print(redact(spec_json(rendered), secrets), end="")
+            if bound := preemption_bound_line(spec_job.training.save_every_minutes):  # no offer known yet
+                print(bound, file=sys.stderr)
             return
         backend = backend or ("local" if get_profile(gpu).is_cpu else "cheapest")
         opts = JobOptions(

@@ -123,6 +123,8 @@ def train_flags(job: JobSpec, plan: Plan) -> list[str]:
     ]  # fmt: skip
     if t.max_steps is not None:
         f += ["--max_steps", str(t.max_steps)]
+    if t.save_every_minutes is not None:
+        f += ["--save_every_minutes", str(t.save_every_minutes)]
     if job.use_lora:
         f += [
             "--lora_r",

@@ -192,6 +192,12 @@ class TrainingSpec(_Strict):
     model_max_length: int = Field(default=4096, ge=16)
     gradient_checkpointing: bool = True
     max_steps: int | None = Field(default=None, ge=1)
+    save_every_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="also save when this many minutes passed since the last checkpoint (bounds what a "
+        "preemption loses); None: the launcher sets 30 for interruptible jobs, else off",
+    )
     bf16: bool | None = Field(default=None, description="None: decided by the GPU profile")
     tf32: bool | None = Field(default=None, description="None: decided by the GPU profile")
     seed: int = 42

@@ -95,3 +95,44 @@ def test_retention_never_deletes_the_newest_committed_checkpoint(s3):
     assert deleted == ["checkpoint-2"]
     left = {f.name: f.committed for f in list_run(client, run)}
     assert left == {"checkpoint-4": True, "checkpoint-6": False}
+
+
+def test_spec_field_run_flag_and_interruptible_default(tmp_path, capsys, monkeypatch):
+    """The spec field is validated (> 0), passed as --save_every_minutes, defaulted to 30 for interruptible
+    jobs by the launcher, and --dry_run says what a preemption can lose."""
+    from launch.render import INTERRUPTIBLE_SAVE_MINUTES, with_save_bound
+    from launch.submit import main as submit_main
+    from qa_train.run import default_plan, train_flags
+    from qa_train.spec import SpecError, load_job, parse_job
+
+    job = load_job("jobs/mistral-qa-lora.yaml")
+    assert job.training.save_every_minutes is None
+    assert "--save_every_minutes" not in train_flags(job, default_plan(job))
+    bounded = with_save_bound(job, interruptible=True)
+    flags = train_flags(bounded, default_plan(bounded))
+    assert flags[flags.index("--save_every_minutes") + 1] == str(INTERRUPTIBLE_SAVE_MINUTES)
+    assert with_save_bound(job, interruptible=False).training.save_every_minutes is None
+    own = job.model_copy(update={"training": job.training.model_copy(update={"save_every_minutes": 5.0})})
+    assert with_save_bound(own, interruptible=True).training.save_every_minutes == 5.0
+    with pytest.raises(SpecError, match="training.save_every_minutes"):
+        parse_job({**job.model_dump(), "training": {"save_every_minutes": 0}})
+
+    monkeypatch.setenv("QA_RUNS_ROOT", str(tmp_path / "runs"))
+    args = ["--gpu", "a6000", "--job", "jobs/mistral-qa-lora.yaml", "--dry_run", "--job_id", "d1"]
+    assert submit_main([*args, "--interruptible"]) in (0, None)
+    out = capsys.readouterr()
+    assert json.loads(out.out)["job"]["training"]["save_every_minutes"] == INTERRUPTIBLE_SAVE_MINUTES
+    assert "a preemption loses at most 30 minutes of training" in out.err
+    assert "$" not in out.err, "no offer (and no typical price in launch/gpus.py) at dry-run time"
+    assert submit_main(args) in (0, None)
+    out = capsys.readouterr()
+    assert json.loads(out.out)["job"]["training"]["save_every_minutes"] is None
+    assert "a preemption loses" not in out.err
+
+
+def test_preemption_bound_line_with_a_price():
+    from launch.render import preemption_bound_line
+
+    line = preemption_bound_line(30, 1.2)
+    assert line is not None and "at most 30 minutes" in line and "≈ $0.60 at this offer's price" in line
+    assert preemption_bound_line(None) is None
