@@ -364,6 +364,8 @@ class Launcher:
             print(f"==> {p.name} <==")
             print(p.read_text(), end="", flush=True)
         live = reg.open_launches(row.job_id)
+        if not live and not saved:  # an unmanaged job that ended: its instance (stopped) may still have logs
+            live = reg.launches(row.job_id)[-1:]
         if not live:
             if not saved:
                 raise CliError(f"job {job_id}: no instance and no saved logs yet")
