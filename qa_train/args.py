@@ -85,8 +85,11 @@ class TrainingArguments(HfTrainingArguments):
         },
     )
     sigterm_min_age_s: float = field(
-        default=60,
-        metadata={"help": "On SIGTERM, save only when the last checkpoint is older than this many seconds"},
+        default=0,
+        metadata={
+            "help": "On SIGTERM, save only when the last checkpoint is older than this many seconds (0: any "
+            "step since the last save is worth the grace, which is otherwise unused)"
+        },
     )
 
     def __post_init__(self) -> None:

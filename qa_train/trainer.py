@@ -147,7 +147,7 @@ class PreemptionGuard(TrainerCallback):
         *,
         save_every_minutes: float = 0,
         grace_s: float = 25,
-        min_age_s: float = 60,
+        min_age_s: float = 0,
         uploader: Any = None,
         clock: Any = time.monotonic,
     ) -> None:

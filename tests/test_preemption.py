@@ -6,6 +6,8 @@ Real parts only: `python -m qa_train train` subprocesses against SeaweedFS, the 
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,47 @@ def test_preemption_bound_line_with_a_price():
     line = preemption_bound_line(30, 1.2)
     assert line is not None and "at most 30 minutes" in line and "≈ $0.60 at this offer's price" in line
     assert preemption_bound_line(None) is None
+
+
+def _wait_for(proc: Proc, text: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.output and proc.p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert text in proc.output, f"never saw {text!r}:\n{proc.output[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grace", ["25", "0"])
+def test_sigterm_saves_and_commits_when_it_fits_else_exits_at_once(
+    s3, tiny_llama, records_file, tmp_path, grace
+):
+    """Mid-run SIGTERM (save_strategy no: nothing saved before): with a 25 s grace the step ends, a checkpoint
+    is saved and committed, exit 143; with a 0 s grace it says the save would not fit and exits, committing
+    nothing. Either way no final model."""
+    run_name = f"term{grace}"
+    out = tmp_path / run_name
+    p = Proc(
+        cmd(tiny_llama, records_file, out, s3.uri("runs"), run_name, "--max_steps", "100000",
+            "--save_strategy", "no", "--sigterm_grace_s", grace),
+        {**s3.env, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    _wait_for(p, "'loss'")
+    t0 = time.monotonic()
+    p.p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=120)
+    took = time.monotonic() - t0
+    assert rc == 143, p.output[-3000:]
+    committed = [
+        f for f in list_run(s3.client(), S3Location.parse(s3.uri(f"runs/{run_name}"))) if f.committed
+    ]
+    assert not (out / "train_summary.json").exists() and "final" not in {f.name for f in committed}
+    if grace == "25":
+        assert len(committed) == 1 and committed[0].step, p.output[-3000:]
+        assert f"SIGTERM: saved and committed checkpoint-{committed[0].step} in" in p.output
+        assert took < 25
+    else:
+        assert (
+            "SIGTERM: last checkpoint is" in p.output and "> grace" in p.output and "exiting now" in p.output
+        )
+        assert committed == []
+        assert took < 15
