@@ -79,6 +79,7 @@ def private_image(cpu_image: str, auth_registry: LocalRegistry) -> tuple[str, di
     p = _ok(_cli(["push", "--to", ref, "--image", cpu_image], _clean_env(creds), timeout=900))
     assert f"use it with: --image {ref}" in p.stdout
     assert creds["REGISTRY_PASSWORD"] not in p.stdout + p.stderr
+    assert _ok(_cli(["check_image", ref], _clean_env(creds))).stdout.startswith(f"ok: {ref}")
     docker.from_env().images.remove(ref)  # only the registry has it under that name now
     return ref, creds
 
@@ -317,6 +318,11 @@ def test_unmanaged_submit_ends_with_the_instance_stopped_by_itself(cloud, host, 
     assert '"ok": true' in logs, logs[-2000:]
     st = json.loads(_ok(_cli(["status", job_id, "--json"], env)).stdout)
     assert "succeeded" in json.dumps(st).lower(), st
+    assert job_id in _ok(_cli(["status", job_id], env)).stdout
+    assert job_id in _ok(_cli(["list"], env)).stdout
+    ls = subprocess.run([sys.executable, "-m", "qa_train", "sync", "ls", s3.uri(f"runs/{run_name}")], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ls.returncode == 0 and "merged" in ls.stdout, ls.stdout + ls.stderr
     dest = tmp_path / "merged"
     pull = subprocess.run([sys.executable, "-m", "qa_train", "sync", "pull", s3.uri(f"runs/{run_name}/merged"),
                            str(dest), "--no_progress"], cwd=REPO, env=env, capture_output=True, text=True,
