@@ -49,6 +49,7 @@ class _Param:
     name: str
     kind: str  # "bool" | "int" | "float" | "str" | "raw"
     required: bool
+    keyword_only: bool = False  # only as --flag (Fire never fills it from a positional argument)
 
 
 def _is_flag(arg: str) -> bool:
@@ -81,7 +82,14 @@ def signature(fn: Callable[..., Any]) -> list[_Param]:
     for p in inspect.signature(fn).parameters.values():
         if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        out.append(_Param(p.name, _kind(hints.get(p.name)), p.default is inspect.Parameter.empty))
+        out.append(
+            _Param(
+                p.name,
+                _kind(hints.get(p.name)),
+                p.default is inspect.Parameter.empty,
+                p.kind == p.KEYWORD_ONLY,
+            )
+        )
     return out
 
 
@@ -218,7 +226,7 @@ def parse(
             raise UsageError(f"{shown} given twice")
         given[key] = _value(by_name[key], value, shown, choices, checks)
 
-    free = [p for p in params if p.name not in given]
+    free = [p for p in params if p.name not in given and not p.keyword_only]
     if len(positional) > len(free):
         extra = positional[len(free)]
         takes = ", ".join(p.name.upper() for p in free) or "none"
