@@ -22,6 +22,7 @@ from tests.doubles.common import HostError, HostState
 
 LABEL = "qa-expert.test-host"
 INSTANCE_LABEL = "qa-expert.test-instance"
+ALIVE = ("created", "running", "restarting", "paused")  # Docker states a cloud shows as a running instance
 
 
 class DockerHost:
@@ -91,11 +92,11 @@ class DockerHost:
         if c is None:
             return "missing"
         status = c.attrs.get("State", {}).get("Status", "")
-        return "running" if status in ("created", "running", "restarting", "paused") else "exited"
+        return "running" if status in ALIVE else "exited"
 
     def exit_code(self, instance_id: str) -> int | None:
         c = self._container(instance_id)
-        if c is None or c.attrs.get("State", {}).get("Status") in ("created", "running", "restarting", "paused"):
+        if c is None or c.attrs.get("State", {}).get("Status") in ALIVE:
             return None
         return int(c.attrs["State"].get("ExitCode", 0))
 
@@ -117,7 +118,7 @@ class DockerHost:
     def kill(self, instance_id: str) -> None:
         """A preemption: SIGKILL, no chance to clean up."""
         c = self._container(instance_id)
-        if c is not None and c.status in ("running", "restarting", "paused"):
+        if c is not None and c.status in ALIVE[1:]:
             try:
                 c.kill()
             except (NotFound, APIError):  # already dead between the reload and the kill
