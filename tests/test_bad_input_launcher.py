@@ -240,19 +240,27 @@ def test_log_filter_redacts_message_args_and_traceback():
 
 
 def test_registry_redacts_reasons_and_events(tmp_path):
-    from launch.registry import Registry
+    """Every reason the registry stores (events, launch ends, blocklist) goes through the redaction hook."""
+    from launch.jobs.state import JobState, Registry
 
     credentials.remember(VAST_SECRET)
     reg = Registry(tmp_path / "runs")
-    reg.claim("j1", "vast", gpu="a6000", run_name="r")
-    reg.update("j1", state="FAILED", reason=f"401 for key {VAST_SECRET}", note=f"k={VAST_SECRET}")
-    reg.set_state_unless("j1", "CANCELLED", f"again {VAST_SECRET}", unless=())
+    reg.claim("j1", "vast", gpu="a6000", run_name="r", reason=f"submitted with {VAST_SECRET}")
+    reg.transition("j1", JobState.STARTING, f"walking with key {VAST_SECRET}")
+    reg.add_launch("j1", backend="vast", instance_id="7001", machine_id="501")
+    reg.end_launch("j1", "7001", f"destroyed: Bearer {VAST_SECRET}")
+    reg.block("j1", {"vast/machine/501"}, f"lost with {VAST_SECRET}")
+    reg.transition("j1", JobState.FAILED, f"401 for key {VAST_SECRET}")
+    assert not reg.transition("j1", JobState.CANCELLED, f"again {VAST_SECRET}")  # ended: nothing stored
     assert VAST_SECRET.encode() not in (tmp_path / "runs" / "registry.sqlite").read_bytes()
-    assert reg.events("j1")[-2]["reason"] == "401 for key ***"
+    assert [e.reason for e in reg.events("j1")] == [
+        "submitted with ***", "walking with key ***", "401 for key ***"
+    ]
+    assert reg.launches("j1")[0].end_reason == "destroyed: Bearer ***"
     own = Registry(tmp_path / "other", redact=lambda v: "X")
     own.claim("j2", "vast", gpu="a6000", run_name="r")
-    own.update("j2", state="FAILED", reason="anything")
-    assert own.events("j2")[-1]["reason"] == "X"
+    own.transition("j2", JobState.FAILED, "anything")
+    assert [e.reason for e in own.events("j2")] == ["X", "X"]
 
 
 def test_names_checked_cover_every_known_secret():
