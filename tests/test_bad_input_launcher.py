@@ -253,9 +253,8 @@ def test_registry_redacts_reasons_and_events(tmp_path):
     reg.transition("j1", JobState.FAILED, f"401 for key {VAST_SECRET}")
     assert not reg.transition("j1", JobState.CANCELLED, f"again {VAST_SECRET}")  # ended: nothing stored
     assert VAST_SECRET.encode() not in (tmp_path / "runs" / "registry.sqlite").read_bytes()
-    assert [e.reason for e in reg.events("j1")] == [
-        "submitted with ***", "walking with key ***", "401 for key ***"
-    ]
+    reasons = [e.reason for e in reg.events("j1")]
+    assert reasons == ["submitted with ***", "walking with key ***", "401 for key ***"]
     assert reg.launches("j1")[0].end_reason == "destroyed: Bearer ***"
     own = Registry(tmp_path / "other", redact=lambda v: "X")
     own.claim("j2", "vast", gpu="a6000", run_name="r")
