@@ -17,6 +17,8 @@ from qa_train.sync.remote import apply_retention, list_run
 from qa_train.sync.storage import S3Location
 from tests.test_sync_train import Proc
 
+pytest_plugins = ["tests.fixtures_images"]
+
 
 def cmd(model: Path, data: Path, out: Path, sync_to: str | None, run_name: str, *extra: str) -> list[str]:
     import sys
@@ -182,3 +184,72 @@ def test_sigterm_saves_and_commits_when_it_fits_else_exits_at_once(
         )
         assert committed == []
         assert took < 15
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_docker_stop_saves_and_commits_then_report_stays_running(s3, cpu_image, records_file):
+    """`docker stop -t 20` on the CPU image mid-training: PID 1 (`qa_train run`) forwards SIGTERM to the train
+    stage and waits; the stage ends its step, saves and commits a checkpoint, and the container exits by itself
+    (143) before the SIGKILL; the run report stays `running` (a preemption never looks final)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    import uuid
+
+    from qa_train.contract import RunLayout, RunStore
+
+    data = Path(tempfile.mkdtemp(prefix="qa-dstop-", dir="/tmp"))
+    name = f"qa-dstop-{uuid.uuid4().hex[:8]}"
+    try:
+        os.chmod(data, 0o755)
+        shutil.copy(records_file, data / "train.json")
+        os.chmod(data / "train.json", 0o644)
+        job = {
+            "run_name": "dstop", "stages": ["train"], "use_lora": False, "packing": True,
+            "model": {"make_tiny": {"arch": "llama", "vocab_size": 512, "hidden_size": 64, "num_layers": 2}},
+            "data": {"train_path": "/data/train.json"},
+            "training": {"max_steps": 100000, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+                         "save_strategy": "no", "evaluation_strategy": "no", "logging_steps": 1,
+                         "model_max_length": 512, "gradient_checkpointing": False, "bf16": False, "tf32": False},
+            "sync": {"target": s3.uri("runs"), "endpoint_url": s3.endpoint_url},
+        }  # fmt: skip
+        wanted = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+        env = {k: s3.env[k] for k in wanted}
+        run = ["docker", "run", "-d", "--name", name, "--network", "host", "-v", f"{data}:/data:ro",
+               "-e", f"QA_JOB_SPEC={json.dumps(job)}", "-e", "PYTHONUNBUFFERED=1"]  # fmt: skip
+        for k, v in env.items():
+            run += ["-e", f"{k}={v}"]
+        subprocess.run([*run, cpu_image], check=True, capture_output=True, timeout=60)
+
+        def logs() -> str:
+            p = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
+            return p.stdout + p.stderr
+
+        deadline = time.monotonic() + 300
+        while "'loss'" not in logs() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert "'loss'" in logs(), logs()[-3000:]
+        t0 = time.monotonic()
+        subprocess.run(["docker", "stop", "-t", "20", name], check=True, capture_output=True, timeout=60)
+        stop_s = time.monotonic() - t0
+        out = logs()
+        state = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True,
+                               text=True, timeout=30).stdout.strip()  # fmt: skip
+        assert state == "143", out[-3000:]
+        assert stop_s < 20, f"docker had to SIGKILL after {stop_s:.1f}s:\n{out[-3000:]}"
+        assert "[run] signal 15: forwarded to the stage" in out
+        line = next((ln for ln in out.splitlines() if "SIGTERM: saved and committed checkpoint-" in ln), None)
+        assert line is not None, out[-3000:]
+        step = int(line.split("checkpoint-")[1].split()[0])
+        committed = {
+            f.name for f in list_run(s3.client(), S3Location.parse(s3.uri("runs/dstop"))) if f.committed
+        }
+        assert f"checkpoint-{step}" in committed and "final" not in committed
+        report = RunStore(RunLayout.of(s3.uri("runs"), "dstop"), s3.endpoint_url).read_report()
+        assert report is not None and report.state == "running" and "interrupted" in (report.error or "")
+        print(f"docker stop took {stop_s:.1f}s; {line.strip()}")
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
