@@ -292,15 +292,15 @@ class ApiDouble:
     @staticmethod
     def _write(h: BaseHTTPRequestHandler, reply: Reply) -> None:
         if reply.stream is not None:
-            h.send_response(reply.status)
-            h.send_header("Content-Type", reply.content_type or "text/event-stream")
-            h.send_header("Cache-Control", "no-cache")
-            h.send_header("Connection", "close")
-            for k, v in reply.headers.items():
-                h.send_header(k, v)
-            h.end_headers()
             h.close_connection = True
             try:
+                h.send_response(reply.status)
+                h.send_header("Content-Type", reply.content_type or "text/event-stream")
+                h.send_header("Cache-Control", "no-cache")
+                h.send_header("Connection", "close")
+                for k, v in reply.headers.items():
+                    h.send_header(k, v)
+                h.end_headers()
                 for piece in reply.stream:
                     h.wfile.write(piece)
                     h.wfile.flush()
@@ -313,13 +313,16 @@ class ApiDouble:
         else:
             data = str(reply.body or "").encode()
             ctype = reply.content_type or "text/plain"
-        h.send_response(reply.status)
-        h.send_header("Content-Type", ctype)
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in reply.headers.items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
+        try:
+            h.send_response(reply.status)
+            h.send_header("Content-Type", ctype)
+            h.send_header("Content-Length", str(len(data)))
+            for k, v in reply.headers.items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True  # the client hung up mid-answer (its timeout): not an error
 
     def authorized(self, headers: dict[str, str]) -> bool:
         return bearer(headers) == self.api_key
