@@ -433,6 +433,9 @@ def run(argv: list[str]) -> dict[str, Any]:
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         _clear_stale_outputs(output_dir, training_args.do_train)
+    from qa_train.metrics import attach_live_metrics  # metrics.json (live, also to <run>/) + packing.json
+
+    attach_live_metrics(trainer, session, training_args, train_data, train_ds, bool(pack_stats))
     summary: dict[str, Any] = {
         "model": model_args.model_name_or_path,
         "mode": "qlora" if training_args.qlora else "lora" if training_args.use_lora else "full",
