@@ -72,6 +72,8 @@ class RegistryHooks:
         self.echo(f"launch {n}: {launched.backend} instance {launched.instance_id}{where}{price}")
 
     def discarded(self, launched: Launched, reason: str, blocklist: bool) -> None:
+        if launched.machine_id is not None:
+            self.reg.record_machine(self.job_id, launched.instance_id, launched.machine_id)
         self.reg.end_launch(self.job_id, launched.instance_id, reason)
         if blocklist:
             self.reg.block(
@@ -120,6 +122,7 @@ class Controller:
         self._echo = echo or (lambda s: print(s, flush=True))
         self.lease = lease or Lease(reg, job_id, clock=clock, stale_s=max(60.0, 5 * poll_s))
         self.hooks = RegistryHooks(reg, job_id, self.note)
+        self._machine_known: set[str] = set()  # instances whose machine this controller recorded
         self.walk = OfferWalk(
             computes,
             ready_timeout_s=policy.ready_timeout_s,
@@ -164,6 +167,15 @@ class Controller:
         except CloudError as e:  # an API outage is not a preemption: never relaunch on it
             logger.warning("%s: status of %s failed: %s", self.job_id, cur.instance_id, e)
             return None
+
+    def _note_machine(self, cur: Launched, st: InstanceStatus | None) -> None:
+        """Record the launch's machine from the first status that names it, so a loss blocklists it. On RunPod
+        this is the only place it is known (offers are GPU types; RunPod places the pod), so there a relaunch
+        cannot avoid a machine: the blocklist only steers offers that carry machine ids (vast)."""
+        if st is None or st.machine_id is None or cur.instance_id in self._machine_known:
+            return
+        self.reg.record_machine(self.job_id, cur.instance_id, st.machine_id)
+        self._machine_known.add(cur.instance_id)
 
     def _report(self) -> tuple[RunReport | None, bool]:
         if self.reports is None:
@@ -216,6 +228,7 @@ class Controller:
                 attempt, waiting_since, provisioning_since = 0, None, None
             st = cur.status if cur.status is not None else self._status(cur)
             cur = replace(cur, status=None)  # use a status the walk handed over once, then poll afresh
+            self._note_machine(cur, st)
             if (
                 st is not None
                 and st.state == InstanceState.RUNNING

@@ -399,6 +399,16 @@ class Registry:
                 (self.clock(), self._redact(reason), job_id, instance_id),
             )
 
+    def record_machine(self, job_id: str, instance_id: str, machine_id: str) -> bool:
+        """Note the machine a launch landed on, once it is known (RunPod names it only in the pod's status;
+        vast in the offer too). The first one recorded stays. True when this call recorded it."""
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE launches SET machine_id=? WHERE job_id=? AND instance_id=? AND machine_id IS NULL",
+                (machine_id, job_id, instance_id),
+            )
+            return cur.rowcount > 0
+
     def launches(self, job_id: str) -> list[Launch]:
         with self._conn() as c:
             rows = c.execute("SELECT * FROM launches WHERE job_id=? ORDER BY n", (job_id,)).fetchall()
