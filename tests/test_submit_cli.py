@@ -16,6 +16,7 @@ from tests.doubles.runpod_api import RunpodDouble, make_gpu_type
 from tests.doubles.vast_api import VastDouble, make_offer
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.fixtures_registry"]  # registry: a local image registry (the vast test's image)
 # Every shell/JSON metacharacter, but no newline: a secret with a control character is refused up front
 # (tests/test_bad_input_launcher.py).
 HOSTILE = "s3cr3t \"dq\" 'sq' $HOME ${PATH} `id` ; rm -rf / \\ line two"
@@ -87,28 +88,71 @@ def vast():
     d.stop()
 
 
-@pytest.mark.skip(
-    reason="port pending: a vast job now needs sync + a registry image (the in-process tests below "
-    "cover the same steps on an in-memory cloud; the e2e tests on the doubles cover the real one)"
-)
-def test_submit_to_vast_saves_spec_registry_and_is_idempotent(tmp_path, vast):
+@pytest.fixture(scope="module")
+def tiny_image(docker_engine, registry) -> str:
+    """A one-file image (FROM scratch) pushed to the session's local registry: what a cloud submit checks
+    before renting. Nothing runs it here (the vast double's SimulatedHost), so it needs no Python."""
+    import io
+    import tarfile
+    import uuid
+
+    import docker
+    from launch.images import push
+
+    ctx = io.BytesIO()
+    with tarfile.open(fileobj=ctx, mode="w") as tar:
+        for name, data in (
+            ("Dockerfile", b"FROM scratch\nCOPY hello.txt /hello.txt\n"),
+            ("hello.txt", b"hi\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ctx.seek(0)
+    client = docker.from_env()
+    local = "qa-expert/tiny-test:" + uuid.uuid4().hex[:8]
+    client.images.build(fileobj=ctx, custom_context=True, tag=local, rm=True)
+    try:
+        pushed = push(local, registry.ref("qa-expert/tiny", uuid.uuid4().hex[:8]), out=io.StringIO())
+    finally:
+        client.images.remove(local)
+    return pushed.ref
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_submit_to_vast_saves_spec_registry_and_is_idempotent(tmp_path, vast, s3, tiny_image):
+    """The unmanaged vast path as a user runs it: image checked in a real registry, spec to SeaweedFS, one
+    create whose env carries the secrets intact (and only there), then list, status, logs and cancel."""
+    import yaml
+
+    vast.log_delay = 0
+    doc = yaml.safe_load((REPO / "jobs" / "mistral-qa-lora.yaml").read_text())
+    doc.update(run_name="same-run", image=tiny_image)
+    doc["sync"] = {"target": s3.uri("runs"), "endpoint_url": s3.endpoint_url}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    aws_secret = s3.server.secret_key
     env = {"VAST_API_URL": vast.url, "VAST_API_KEY": VAST_KEY, "HF_TOKEN": HOSTILE,
-           "AWS_SECRET_ACCESS_KEY": "aws-secret-value-2"}  # fmt: skip
-    args = ["--gpu", "a6000", "--job", "jobs/mistral-qa-lora.yaml", "--backend", "vast", "--job_id", "same-1",
-            "--poll_s", "0"]  # fmt: skip
+           **{k: v for k, v in s3.server.env().items()}}  # fmt: skip
+    args = ["--gpu", "a6000", "--job", str(job), "--backend", "vast", "--job_id", "same-1", "--poll_s", "0"]
     p = cli(args, tmp_path, env)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout.splitlines()[-1])["created"] is True
     (put,) = vast.calls("PUT", "/asks/")
+    assert put.body["image"] == tiny_image
     assert put.body["env"]["HF_TOKEN"] == HOSTILE  # hostile value intact, as env only
-    assert put.body["env"]["AWS_SECRET_ACCESS_KEY"] == "aws-secret-value-2"
+    assert put.body["env"]["AWS_SECRET_ACCESS_KEY"] == aws_secret
+    assert put.body["env"]["QA_JOB_SPEC_URI"] == s3.uri("runs/same-run/spec.json")
     assert "VAST_API_KEY" not in put.body["env"] and VAST_KEY not in put.raw
-    assert HOSTILE not in json.dumps(put.body["args"]) and HOSTILE not in put.body["env"]["QA_JOB_SPEC"]
+    assert "QA_JOB_SPEC" not in put.body["env"] and HOSTILE not in json.dumps(put.body["args"])
     saved = (tmp_path / "runs" / "same-1" / "spec.json").read_text()
-    assert json.loads(saved)["secret_env"] == ["AWS_SECRET_ACCESS_KEY", "HF_TOKEN"]
+    remote = s3.client().get_object(Bucket=s3.bucket, Key="runs/same-run/spec.json")["Body"].read().decode()
+    assert json.loads(saved)["secret_env"] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"]
     db = (tmp_path / "runs" / "registry.sqlite").read_bytes()
-    for secret in ("aws-secret-value-2", "s3cr3t", VAST_KEY):
-        assert secret not in saved and secret.encode() not in db and secret not in p.stdout + p.stderr
+    for secret in (aws_secret, "s3cr3t", VAST_KEY):
+        assert secret not in saved and secret not in remote and secret.encode() not in db
+        assert secret not in p.stdout + p.stderr
     row = sqlite3.connect(tmp_path / "runs" / "registry.sqlite").execute(
         "SELECT backend, instance_id, state FROM jobs WHERE job_id='same-1'").fetchone()  # fmt: skip
     assert row == ("vast", str(vast.live_instances()[0]), "RUNNING")
@@ -118,9 +162,9 @@ def test_submit_to_vast_saves_spec_registry_and_is_idempotent(tmp_path, vast):
     assert len(vast.calls("PUT", "/asks/")) == 1 and len(vast.live_instances()) == 1
     # companions: list, status, logs, cancel
     assert "same-1" in cli(["list"], tmp_path, env).stdout
-    st = json.loads(cli(["status", "same-1"], tmp_path, env).stdout)
+    st = json.loads(cli(["status", "same-1", "--json"], tmp_path, env).stdout)
     assert st["live"]["state"] == "RUNNING"
-    vast.set_logs(vast.live_instances()[0], "hello from the container\n")
+    vast.host.print(str(vast.live_instances()[0]), "hello from the container")
     logs = cli(["logs", "same-1", "--follow", "False"], tmp_path, env)
     assert "hello from the container" in logs.stdout
     c = cli(["cancel", "same-1"], tmp_path, env)
