@@ -377,9 +377,19 @@ def test_runpod_no_capacity_backs_off_until_capacity_returns(tmp_path, s3, runpo
 
 
 # -- process boundaries: a detached controller, killed and resumed; status/list/cancel from another shell -----
-def _detach(job: Job, capsys) -> int:
+def _detached_running(tmp_path: Path, s3: Any, vast: VastDouble, job_id: str, capsys) -> tuple[Job, int, int]:
+    """Submit with --detach (the controller becomes a background process); wait until its instance runs.
+    Returns (job, controller pid, instance id)."""
+    job = Job(tmp_path, s3, "vast", job_id, start=False)
     assert job.cli(*job.argv, "--detach") == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["controller_pid"]
+    pid = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["controller_pid"]
+    try:
+        iid = wait_for(lambda: job.state() == "RUNNING" and live_vast(vast), what="detached job running")[0]
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+        raise
+    return job, pid, iid
 
 
 def _reap(pid: int, timeout: float = 20.0) -> None:
@@ -398,14 +408,10 @@ def _reap(pid: int, timeout: float = 20.0) -> None:
 
 
 def test_killed_controller_resumes_without_a_second_instance(tmp_path, s3, vast, capsys):
-    job = Job(tmp_path, s3, "vast", "kr-1", start=False)
-    pid = _detach(job, capsys)
-    try:
-        iid = wait_for(lambda: job.state() == "RUNNING" and live_vast(vast), what="detached job running")[0]
-        job.running(step=2, instance=iid)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        _reap(pid)
+    job, pid, iid = _detached_running(tmp_path, s3, vast, "kr-1", capsys)
+    job.running(step=2, instance=iid)
+    os.kill(pid, signal.SIGKILL)
+    _reap(pid)
     assert vast.live_instances() == [iid]  # the job runs on, unwatched
     assert job.cli(*job.argv) == 0 and "already submitted" in capsys.readouterr().out  # same id: nothing new
     job.thread = threading.Thread(target=job._run, args=(["resume", job.job_id],), daemon=True)
@@ -422,10 +428,8 @@ def test_killed_controller_resumes_without_a_second_instance(tmp_path, s3, vast,
 
 
 def test_detached_controller_with_status_list_and_cancel_from_another_shell(tmp_path, s3, vast, capsys):
-    job = Job(tmp_path, s3, "vast", "dt-1", start=False)
-    pid = _detach(job, capsys)
+    job, pid, iid = _detached_running(tmp_path, s3, vast, "dt-1", capsys)
     try:
-        iid = wait_for(lambda: job.state() == "RUNNING" and live_vast(vast), what="detached job running")[0]
         job.running(step=3, instance=iid)
         assert job.cli("status", job.job_id, "--json") == 0
         doc = json.loads(capsys.readouterr().out)
