@@ -11,6 +11,8 @@ Layout of one run (``<target>`` is the job's ``sync.target``, e.g. ``s3://bucket
     <target>/<run_name>/final/             final model or adapter
     <target>/<run_name>/merged/            merged model (LoRA / QLoRA)
     <target>/<run_name>/eval/              predictions + summary
+    <target>/<run_name>/tokenized/<key>/   tokenized training data (committed by its _manifest.json); a
+                                           relaunch downloads it instead of re-tokenizing (never a checkpoint)
     <target>/<run_name>/report.json        the run report (below), rewritten whole at every change
     <target>/<run_name>/metrics.json       live training metrics (``RunMetrics``), rewritten every ~15 s
     <target>/<run_name>/report/            report.html + PNG plots (``python -m qa_train report``)
@@ -35,6 +37,7 @@ FINAL = "final"
 MERGED = "merged"
 EVAL = "eval"
 CHECKPOINT_PREFIX = "checkpoint-"
+TOKENIZED = "tokenized"  # <run>/tokenized/<cache key>/: qa_train.data.tokenize's cache, shared by relaunches
 REPORT_VERSION = 1
 METRICS_NAME = "metrics.json"
 REPORT_DIR = "report"  # report.html + plots
@@ -96,6 +99,9 @@ class RunLayout:
 
     def checkpoint(self, step: int) -> str:
         return self.child(f"{CHECKPOINT_PREFIX}{step}")
+
+    def tokenized(self, key: str) -> str:
+        return self.child(f"{TOKENIZED}/{key}")
 
 
 def checkpoint_step(folder_name: str) -> int | None:

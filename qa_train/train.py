@@ -157,10 +157,17 @@ def _check_flags(model_args: Any, data_args: Any, training_args: Any) -> None:
         raise ConfigError("--do_eval needs --validation_path")
 
 
-def _load_data(path: str, tokenizer: Any, data_args: Any, training_args: Any, what: str) -> Any:
+def _load_data(
+    path: str, tokenizer: Any, data_args: Any, training_args: Any, what: str, remote: Any = None
+) -> Any:
+    """Tokenized data from the local cache, the run's remote cache (``remote``: rank 0 with --sync_to; a
+    relaunch on a fresh machine downloads instead of re-tokenizing), or tokenized now."""
+    import time
+
     from qa_train.data.loading import DataError
     from qa_train.data.tokenize import load_tokenized
 
+    started = time.monotonic()
     data = load_tokenized(
         path,
         tokenizer,
@@ -170,13 +177,16 @@ def _load_data(path: str, tokenizer: Any, data_args: Any, training_args: Any, wh
         data_args.skip_invalid_records,
         training_args.main_process_first,
         training_args.process_index == 0,
+        remote=remote,
     )
     s = data.stats
     logger.info(
-        "%s data %s: %d records, %d kept, %d truncated, %d dropped (all labels masked), %d invalid skipped, "
-        "%d tokens (%d with loss)",
+        "%s data %s (%s, %.2fs): %d records, %d kept, %d truncated, %d dropped (all labels masked), "
+        "%d invalid skipped, %d tokens (%d with loss)",
         what,
         path,
+        {"local": "local cache", "remote": "remote cache", "built": "tokenized"}[data.origin],
+        time.monotonic() - started,
         s.records,
         s.kept,
         s.truncated,
@@ -403,10 +413,15 @@ def run(argv: list[str]) -> dict[str, Any]:
     tokenizer = _load_tokenizer(model_args, training_args)
     max_len = training_args.model_max_length
     train_data = eval_data = None
+    remote_tokens = session.tokenized_cache(progress=not training_args.disable_tqdm)
     if training_args.do_train:
-        train_data = _load_data(data_args.train_path, tokenizer, data_args, training_args, "train")
+        train_data = _load_data(
+            data_args.train_path, tokenizer, data_args, training_args, "train", remote_tokens
+        )
     if training_args.do_eval:
-        eval_data = _load_data(data_args.validation_path, tokenizer, data_args, training_args, "validation")
+        eval_data = _load_data(
+            data_args.validation_path, tokenizer, data_args, training_args, "validation", remote_tokens
+        )
     train_ds, pack_stats = (None, None)
     if train_data is not None:
         train_ds, pack_stats = _as_dataset(train_data, data_args.packing, max_len, data_args.packing_strategy)
@@ -450,6 +465,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         "eval_loss": None,
         "global_step": 0,
         "resumed_from": session.resumed_from,
+        "tokenized_from": train_data.origin if train_data is not None else None,  # local | remote | built
     }
     final_done = None
     if training_args.do_train:

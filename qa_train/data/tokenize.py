@@ -3,6 +3,13 @@
 Labels come from the renderer's character spans and the tokenizer's offset mapping: a token carries loss when
 it starts inside an assistant span. This is exact for any fast tokenizer, unlike searching for the token ids of
 "assistant:", which depend on the neighbouring text.
+
+The cache key (``cache_identity``) is what the tokens depend on and nothing else: the data's sha256 (not its
+path or mtime, so a relaunch on another machine with the data in another folder finds the same key), the
+tokenizer's own serialization, the prompt template (the renderer's source), max length, truncation and
+``skip_invalid``. Packing is left out on purpose: packs are planned from the cached lengths in milliseconds,
+and keying on it would only rebuild identical tokens. The same key names the copy in object storage
+(``<run>/tokenized/<key>/``, ``qa_train.sync.tokenized``), so a relaunch downloads instead of re-tokenizing.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,7 +32,8 @@ from qa_train.fsutil import UsageError, atomic_path
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: content-addressed key (data sha256, tokenizer serialization, template source)
+Origin = Literal["local", "remote", "built"]
 
 
 class SampleTooLongError(UsageError):
@@ -48,6 +56,8 @@ class TokenizedData:
     input_ids: list[list[int]] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
     stats: TokenizeStats = field(default_factory=TokenizeStats)
+    # Where these tokens came from: the local cache, the run's remote cache, or tokenized now.
+    origin: Origin = "built"
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -146,19 +156,76 @@ def tokenize_records(
     return out
 
 
-def cache_key(source: str, tokenizer: Any, max_length: int, truncation: bool, skip_invalid: bool) -> str:
-    h = hashlib.sha256()
+def _sha256_file(path: Path, h: Any = None) -> Any:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h
+
+
+def data_fingerprint(source: str) -> str:
+    """sha256 of the data's bytes (a ``datasets`` folder: of every file, with its relative path)."""
     p = Path(source)
     if p.is_file():
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return _sha256_file(p).hexdigest()
+    h = hashlib.sha256()
+    if p.is_dir():
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            h.update(f.relative_to(p).as_posix().encode() + b"\0")
+            _sha256_file(f, h)
     else:
         h.update(source.encode())
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-    h.update(hashlib.sha256(vocab.encode()).digest())
-    h.update(f"{type(tokenizer).__name__}|{max_length}|{truncation}|{skip_invalid}|{CACHE_VERSION}".encode())
-    h.update(SYSTEM_MESSAGE.encode())
-    return h.hexdigest()[:24]
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the tokenizer's full serialization (vocab, merges, normalizer, added tokens, post-processor)
+    for a fast tokenizer; of its vocab and special tokens otherwise. Same tokenizer → same key on any machine."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    extra = {k: getattr(tokenizer, k, None) for k in ("add_bos_token", "add_eos_token", "padding_side")}
+    h.update(json.dumps([extra, sorted(map(str, tokenizer.all_special_tokens))], default=str).encode())
+    return h.hexdigest()
+
+
+def template_fingerprint() -> str:
+    """sha256 of the renderer's source (prompt.py, records.py): any change to the chat format or to how a
+    record becomes messages is a new template version, without anyone having to remember a bump."""
+    from qa_train.data import prompt, records
+
+    h = hashlib.sha256(SYSTEM_MESSAGE.encode())
+    for mod in (prompt, records):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def cache_identity(
+    source: str, tokenizer: Any, max_length: int, truncation: bool, skip_invalid: bool
+) -> dict[str, Any]:
+    """Everything the cached tokens depend on (stored beside the remote copy as ``key.json``)."""
+    return {
+        "cache_version": CACHE_VERSION,
+        "data_sha256": data_fingerprint(source),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        "template_sha256": template_fingerprint(),
+        "max_length": int(max_length),
+        "truncation": bool(truncation),
+        "skip_invalid": bool(skip_invalid),
+    }
+
+
+def key_of(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_key(source: str, tokenizer: Any, max_length: int, truncation: bool, skip_invalid: bool) -> str:
+    """The one cache key, local file name and remote folder name alike."""
+    return key_of(cache_identity(source, tokenizer, max_length, truncation, skip_invalid))
 
 
 def save_cache(path: Path, data: TokenizedData) -> None:
@@ -190,6 +257,27 @@ def default_cache_dir() -> Path:
     return Path(base) / "qa_train" / "tokenized"
 
 
+class RemoteCache(Protocol):
+    """The run's copy in object storage (``qa_train.sync.tokenized.RemoteTokenCache``); failures are warnings."""
+
+    def fetch(self, key: str, dest: Path) -> bool: ...
+
+    def has(self, key: str) -> bool: ...
+
+    def publish(self, key: str, path: Path, identity: dict[str, Any]) -> bool: ...
+
+
+def _try_load(path: Path, origin: Origin) -> TokenizedData | None:
+    """The cache file's data, or None (with a warning) when it cannot be read: a bad cache is rebuilt."""
+    try:
+        data = load_cache(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("Ignoring unreadable tokenization cache %s (%s): tokenizing again", path, exc)
+        return None
+    data.origin = origin
+    return data
+
+
 def load_tokenized(
     source: str | Path,
     tokenizer: Any,
@@ -199,28 +287,44 @@ def load_tokenized(
     skip_invalid: bool = False,
     main_process_first: Any = None,
     is_main_process: bool = True,
+    remote: RemoteCache | None = None,
 ) -> TokenizedData:
-    """Load + tokenize with a cache. ``main_process_first`` (TrainingArguments.main_process_first) lets rank 0
-    build the cache while the other ranks wait, then read it."""
+    """Load + tokenize with a cache: local file, else the run's remote copy (``remote``, rank 0 only), else
+    tokenize (and publish to ``remote`` once). ``main_process_first`` (TrainingArguments.main_process_first)
+    lets rank 0 fill the local cache while the other ranks wait, then read it. ``.origin`` says which."""
     from contextlib import nullcontext
 
     from qa_train.data.loading import load_records
 
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(str(source), tokenizer, max_length, truncation, skip_invalid)
+    identity = cache_identity(str(source), tokenizer, max_length, truncation, skip_invalid)
+    key = key_of(identity)
     path = cache_root / f"{key}.npz"
+    remote = remote if is_main_process else None
     ctx = main_process_first(desc=f"tokenize {source}") if main_process_first else nullcontext()
+    data: TokenizedData | None = None
     with ctx:
         if path.exists():
-            logger.info("Loading tokenized %s from cache %s", source, path)
-            return load_cache(path)
-        records, name = load_records(source)
-        data = tokenize_records(
-            records, tokenizer, max_length, name, truncation, skip_invalid, show_progress=is_main_process
-        )
-        if is_main_process:
-            try:
-                save_cache(path, data)
-            except OSError as exc:
-                logger.warning("Could not write the tokenization cache %s: %s", path, exc)
-        return data
+            data = _try_load(path, "local")
+            if data is not None:
+                logger.info("Loading tokenized %s from cache %s", source, path)
+        if data is None and remote is not None:
+            cache_root.mkdir(parents=True, exist_ok=True)
+            if remote.fetch(key, path):
+                data = _try_load(path, "remote")
+        if data is None:
+            records, name = load_records(source)
+            data = tokenize_records(
+                records, tokenizer, max_length, name, truncation, skip_invalid, show_progress=is_main_process
+            )
+            if is_main_process:
+                try:
+                    save_cache(path, data)
+                except OSError as exc:
+                    logger.warning("Could not write the tokenization cache %s: %s", path, exc)
+    # Outside main_process_first: the other ranks read the local file while rank 0 uploads. Built now: the
+    # remote copy was missing or bad, replace it; found locally: upload only when the run has none yet.
+    if remote is not None and path.exists():
+        if data.origin == "built" or data.origin == "local" and not remote.has(key):
+            remote.publish(key, path, identity)
+    return data

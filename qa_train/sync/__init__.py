@@ -5,6 +5,7 @@ Remote layout under ``--sync_to s3://bucket/prefix``::
     <prefix>/<run_name>/checkpoint-<step>/…  + _manifest.json (written last = committed)
     <prefix>/<run_name>/final/…              final model + train_summary.json
     <prefix>/<run_name>/merged/, eval/       pushed by merge / eval through ``upload_directory``
+    <prefix>/<run_name>/tokenized/<key>/     tokenized data (``tokenized_cache``), reused by relaunches
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ class SyncSession:
         from .remote import list_run
 
         return next((f for f in list_run(self.client, self.run) if f.name == "final" and f.committed), None)
+
+    def tokenized_cache(self, progress: bool = True) -> Any:
+        """The run's remote tokenized-data cache (``RemoteTokenCache``), None without a sync target."""
+        if self.client is None or self.run is None:
+            return None
+        from .tokenized import RemoteTokenCache
+
+        return RemoteTokenCache(self.client, self.run, self.endpoint_url, progress=progress)
 
     def finish(self, output_dir: Path, summary: dict[str, Any], *, upload_final: bool = True) -> None:
         """Wait for checkpoint uploads, push ``final/`` (+ train_summary.json); raise naming any failed upload.

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from qa_train.contract import TOKENIZED
+
 from .manifest import MANIFEST_NAME, ManifestError
 from .storage import S3Location, SyncError, delete_keys, list_keys
 
@@ -16,7 +18,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 @dataclass(frozen=True)
 class RemoteFolder:
-    name: str  # checkpoint-<step>, final, merged, eval, …
+    name: str  # checkpoint-<step>, final, merged, eval, tokenized/<key>, …
     uri: str
     committed: bool  # manifest present and every listed file present with its size
     total_bytes: int  # bytes present remotely under the folder
@@ -30,7 +32,9 @@ class RemoteFolder:
 
 
 def list_run(client: Any, run: S3Location) -> list[RemoteFolder]:
-    """Every top-level folder of a run, checkpoints sorted by step, a manifest-less one marked uncommitted."""
+    """Every top-level folder of a run, checkpoints sorted by step, a manifest-less one marked uncommitted.
+
+    ``tokenized/`` holds one committed folder per cache key: each is listed as ``tokenized/<key>``."""
     from .transfer import read_manifest
 
     keys = list_keys(client, run.bucket, run.dir_prefix)
@@ -38,6 +42,9 @@ def list_run(client: Any, run: S3Location) -> list[RemoteFolder]:
     for key, size in keys.items():
         rel = key[len(run.dir_prefix) :]
         folder, sep, rest = rel.partition("/")
+        if folder == TOKENIZED and sep:
+            sub, sep, rest = rest.partition("/")
+            folder = f"{TOKENIZED}/{sub}"
         if sep:
             groups.setdefault(folder, {})[rest] = size
     out = []
