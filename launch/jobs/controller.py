@@ -327,8 +327,6 @@ class Controller:
         if blocklist:
             rec = next((x for x in self.reg.launches(self.job_id) if x.instance_id == cur.instance_id), None)
             keys = offer_keys(cur.backend, cur.offer, rec.machine_id if rec else None)
-            if rec and rec.offer_id:
-                keys.add(f"{cur.backend}/offer/{rec.offer_id}")
             self.reg.block(self.job_id, keys, reason)
 
     def _save_logs(self, compute: Compute, cur: Launched) -> None:

@@ -66,12 +66,13 @@ class Launched:
 
 
 def offer_keys(backend: str, offer: Offer | None, machine_id: str | None = None) -> set[str]:
-    """Blocklist keys of an offer: its machine when the cloud names one, and the offer itself."""
+    """Blocklist keys: the machine when the cloud names one, and an offer only when it is bound to one machine
+    (a vast ask). A RunPod offer is a whole GPU type placed by RunPod: blocking it would block every machine."""
     keys: set[str] = set()
     if offer is not None:
-        keys.add(f"{backend}/offer/{offer.offer_id}")
         mid = (offer.extra or {}).get("machine_id")
         if mid is not None:
+            keys.add(f"{backend}/offer/{offer.offer_id}")
             keys.add(f"{backend}/machine/{mid}")
     if machine_id is not None:
         keys.add(f"{backend}/machine/{machine_id}")
