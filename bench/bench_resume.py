@@ -172,9 +172,8 @@ def _bench(args: argparse.Namespace, root: Path, server) -> int:
             "origins": sorted({str(r["origin"]) for r in results[name]}),
         }  # fmt: skip
     records = len(json.loads(data.read_text()))
-    print(
-        f"\n{records} records (converted x{args.replicate}), max_length {args.max_length}, {args.reps} interleaved reps, {os.cpu_count()} CPUs"
-    )
+    print(f"\n{records} records (converted x{args.replicate}), max_length {args.max_length}, ", end="")
+    print(f"{args.reps} interleaved reps, {os.cpu_count()} CPUs")
     print(
         f"{'scenario':<26} {'first step (median, min–max)':>30} {'data phase (median, min–max)':>32}  origin"
     )
