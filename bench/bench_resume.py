@@ -43,7 +43,7 @@ DATA_RE = re.compile(r"train data \S+ \((local cache|remote cache|tokenized), ([
 
 
 def run_until_first_step(cmd: list[str], env: dict[str, str], timeout: float = 600) -> dict[str, object]:
-    """Start ``cmd``; seconds until its first logged loss, the data phase line; kill the process group then."""
+    """Start ``cmd``; seconds until its first logged loss, the data phase; then kill its group."""
     start = time.monotonic()
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -181,7 +181,7 @@ def data_fingerprint(source: str) -> str:
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 of the tokenizer's full serialization (vocab, merges, normalizer, added tokens, post-processor)
-    for a fast tokenizer; of its vocab and special tokens otherwise. Same tokenizer → same key on any machine."""
+    for a fast tokenizer; of its vocab and special tokens otherwise. Same tokenizer → same key anywhere."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -258,7 +258,7 @@ def default_cache_dir() -> Path:
 
 
 class RemoteCache(Protocol):
-    """The run's copy in object storage (``qa_train.sync.tokenized.RemoteTokenCache``); failures are warnings."""
+    """The run's copy in object storage (``qa_train.sync.tokenized.RemoteTokenCache``); failures warn."""
 
     def fetch(self, key: str, dest: Path) -> bool: ...
 

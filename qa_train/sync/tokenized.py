@@ -1,9 +1,9 @@
-"""The run's tokenized-data cache in object storage: ``<run>/tokenized/<key>/`` (``tokenized.npz`` + ``key.json``,
-committed by ``_manifest.json`` like a checkpoint).
+"""The run's tokenized-data cache in object storage: ``<run>/tokenized/<key>/`` (``tokenized.npz`` +
+``key.json``, committed by ``_manifest.json`` like a checkpoint).
 
-Why: a relaunch on a fresh machine would otherwise re-tokenize the whole data set before its first step. The key
-is ``qa_train.data.tokenize.cache_key`` (content-addressed), so any relaunch of the same run with the same data,
-tokenizer, template and length settings finds it. Everything here is an optimization: a missing, partial or
+Why: a relaunch on a fresh machine would otherwise re-tokenize the whole data set before its first step. The
+key is ``qa_train.data.tokenize.cache_key`` (content-addressed), so any relaunch of the same run with the same
+data, tokenizer, template and length settings finds it. Everything here is an optimization: a missing, partial or
 corrupt copy, or storage that fails, costs a warning and a local tokenization, never the run.
 """
 
