@@ -129,7 +129,8 @@ def test_s3_outage_during_training_finishes_locally_then_fails(s3, tiny_llama, r
     assert json.loads((out / "train_summary.json").read_text())["global_step"] == 6
     assert (out / "checkpoint-6" / "trainer_state.json").is_file()
     assert (out / "sync-pending" / "checkpoint-2" / "trainer_state.json").is_file()
-    assert not any(k.endswith("_manifest.json") for k in s3.keys("runs/outage/"))
+    # no checkpoint committed (the tokenized-data cache may have committed before the cut: it is not a checkpoint)
+    assert not any(k.endswith("_manifest.json") for k in s3.keys("runs/outage/checkpoint-"))
 
 
 def test_wrong_credentials_fail_before_training(s3, tiny_llama, records_file, tmp_path):
