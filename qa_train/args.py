@@ -70,6 +70,21 @@ class TrainingArguments(HfTrainingArguments):
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    new_token_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA/QLoRA: learning rate of the <|bof|>/<|eof|>/<|eot|> embedding (and untied lm_head) "
+            "rows, trained as their own parameter group (default: 10 x --learning_rate; Adam moves a weight by "
+            "about lr per step, and a new row must move O(1) to win a softmax in a short run)"
+        },
+    )
+    new_token_init: str = field(
+        default="text",
+        metadata={
+            "help": "text: new token rows start at the (norm-rescaled) mean of the embeddings of a describing "
+            "string ('begin function call', …); mean: at the mean of all rows (the former behaviour)"
+        },
+    )
     save_every_minutes: float = field(
         default=0,
         metadata={
@@ -165,6 +180,10 @@ def check_training_ranges(a: Any) -> None:
         _finite(a.sigterm_min_age_s) and a.sigterm_min_age_s >= 0,
         ">= 0",
     )
+    if a.new_token_lr is not None:
+        check_number("--new_token_lr", a.new_token_lr, _finite(a.new_token_lr) and a.new_token_lr > 0, "> 0")
+    if a.new_token_init not in ("text", "mean"):
+        raise UsageError(f"--new_token_init must be text or mean, got {a.new_token_init!r}")
     dropout = a.lora_dropout
     check_number("--lora_dropout", dropout, _finite(dropout) and 0 <= dropout < 1, ">= 0 and < 1")
 

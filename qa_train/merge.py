@@ -1,9 +1,10 @@
 """``python -m qa_train merge``: fold a LoRA / QLoRA adapter into its base model for fast inference (vLLM).
 
 The base is loaded unquantized (bf16 on GPU, fp32 on CPU — never 4-bit, also for QLoRA adapters) and
-prepared exactly as in training (special tokens, embedding resize, RoPE scaling from the saved
-``model_max_length``), so the adapter's full ``embed_tokens`` / ``lm_head`` and LoRA deltas land on the same
-shapes. The merged model is written to a temporary sibling folder and renamed into place with the completion
+prepared exactly as in training (special tokens, embedding resize and new-row initialisation, RoPE scaling
+from the saved ``model_max_length``), so the adapter's trained token rows (peft ``trainable_token_indices``:
+only the <|bof|>/<|eof|>/<|eot|> rows, not whole matrices) and LoRA deltas land on the same shapes. Adapters
+of older runs that saved full ``embed_tokens`` / ``lm_head`` (``modules_to_save``) still merge. The merged model is written to a temporary sibling folder and renamed into place with the completion
 marker (``qa_train.fsutil.MARKER``) last, so an interrupted merge never leaves a folder that looks like a model.
 The adapter must carry the marker training writes (a cut-off save is refused), and the output may be neither
 input, inside one, nor an existing file.
@@ -118,13 +119,33 @@ def _check_vocab(saved: dict[str, tuple[int, ...]], vocab: int, weights: Path) -
             )
 
 
+def _check_token_rows(adapter_cfg: dict[str, Any], tokenizer: Any, cfg_path: Path) -> None:
+    """The rows an adapter trained (``trainable_token_indices``) must be the QA tokens' ids in this base's
+    prepared tokenizer; otherwise the trained rows would land on other tokens."""
+    from qa_train.modeling import special_token_ids
+
+    rows = adapter_cfg.get("trainable_token_indices")
+    if not rows:
+        return
+    expected = special_token_ids(tokenizer)
+    for layer, ids in rows.items() if isinstance(rows, dict) else [("embeddings", rows)]:
+        if sorted(ids) != sorted(expected):
+            raise MergeError(
+                f"{cfg_path}: trainable_token_indices of {layer} are {ids} but the QA tokens of the prepared base "
+                f"are {expected}; the adapter was trained on a different base or tokenizer"
+            )
+
+
 def _check_keys(peft_model: Any, saved: dict[str, tuple[int, ...]], weights: Path) -> None:
     """Every saved tensor must have found a module of the same shape (peft only warns about strays)."""
     from peft import get_peft_model_state_dict
 
-    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}
+    # Training saves no full embedding matrices (only the trained rows); an older adapter may carry them.
+    needed = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    allowed = get_peft_model_state_dict(peft_model, save_embedding_layers="auto")
+    expected = {k: tuple(v.shape) for k, v in {**allowed, **needed}.items()}
     unexpected = sorted(set(saved) - set(expected))
-    missing = sorted(set(expected) - set(saved))
+    missing = sorted(set(needed) - set(saved))
     if unexpected or missing:
         raise MergeError(
             f"{weights}: adapter does not fit the base model: {len(unexpected)} tensors without a module "
@@ -184,6 +205,7 @@ def merge(
     vocab = max(len(tokenizer), int(base_cfg.vocab_size))
     saved = _adapter_tensors(weights)
     _check_vocab(saved, vocab, weights)
+    _check_token_rows(adapter_cfg, tokenizer, checkpoint / "adapter_config.json")
     if (checkpoint / "tokenizer_config.json").is_file():
         trained_len = len(load_tokenizer(str(checkpoint)))
         if trained_len != len(tokenizer):

@@ -270,15 +270,18 @@ def load_model(model_args: Any, data_args: Any, training_args: Any, tokenizer: A
         ", 4-bit nf4" if training_args.qlora else "",
     )
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
-    resize_embeddings(model, tokenizer)
+    resize_embeddings(model, tokenizer, training_args.new_token_init)
     model.config.use_cache = False
     if training_args.use_lora:
-        model = _wrap_lora(model, training_args)
+        model = _wrap_lora(model, training_args, tokenizer)
     return model
 
 
-def _wrap_lora(model: Any, training_args: Any) -> Any:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def _wrap_lora(model: Any, training_args: Any, tokenizer: Any) -> Any:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from qa_train.modeling import lora_config, save_token_rows_only, special_token_ids
+    from qa_train.trainer import new_token_lr
 
     if training_args.qlora:
         model = prepare_model_for_kbit_training(
@@ -286,28 +289,22 @@ def _wrap_lora(model: Any, training_args: Any) -> Any:
         )
     elif training_args.gradient_checkpointing:
         model.enable_input_require_grads()
-    embed_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()).split(".")[-1]
-    head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()).split(".")[-1]
-    config = LoraConfig(
-        r=training_args.lora_r,
-        lora_alpha=training_args.lora_alpha,
-        lora_dropout=training_args.lora_dropout,
-        target_modules="all-linear",
-        modules_to_save=[embed_name, head_name],
-        bias="none",
-        task_type="CAUSAL_LM",
+    config = lora_config(
+        model, tokenizer, training_args.lora_r, training_args.lora_alpha, training_args.lora_dropout
     )
     model = get_peft_model(model, config)
+    save_token_rows_only(model)
     trainable, total = model.get_nb_trainable_parameters()
     logger.info(
-        "LoRA r=%d alpha=%d: %d trainable / %d parameters (%.2f%%; %s and %s trained in full)",
+        "LoRA r=%d alpha=%d: %d trainable / %d parameters (%.2f%%; rows %s of %s trained at lr %g)",
         config.r,
         config.lora_alpha,
         trainable,
         total,
         100 * trainable / total,
-        embed_name,
-        head_name,
+        special_token_ids(tokenizer),
+        " + ".join(config.trainable_token_indices),
+        new_token_lr(training_args),
     )
     return model
 

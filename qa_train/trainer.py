@@ -23,6 +23,16 @@ from qa_train.sync.callback import dir_bytes
 logger = logging.getLogger("qa_train.train")
 
 
+NEW_TOKEN_PARAM = "trainable_tokens_delta"  # peft's name for the trained rows of trainable_token_indices
+NEW_TOKEN_LR_FACTOR = 10.0  # --new_token_lr default: 10 x --learning_rate
+
+
+def new_token_lr(args: Any) -> float:
+    """``--new_token_lr``, by default ``NEW_TOKEN_LR_FACTOR`` x ``--learning_rate``."""
+    lr = getattr(args, "new_token_lr", None)
+    return float(lr) if lr is not None else NEW_TOKEN_LR_FACTOR * float(args.learning_rate)
+
+
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         t = t.clone()
@@ -42,6 +52,24 @@ class QATrainer(Trainer):
         mask = inputs.get("attention_mask")
         self.real_tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The stock optimizer, with the new-token rows (peft ``trainable_tokens_delta``) moved into their own
+        group at ``--new_token_lr`` without weight decay: they start far from where they must end and have only
+        a short run to get there, while the LoRA weights must stay gentle."""
+        optimizer = super().create_optimizer(model)
+        lr = new_token_lr(self.args)
+        opt_model = self.model if model is None else model
+        rows = [p for n, p in opt_model.named_parameters() if NEW_TOKEN_PARAM in n and p.requires_grad]
+        if not rows or getattr(self.optimizer, "param_groups", None) is None:
+            return optimizer
+        moved = {id(p) for p in rows}
+        for group in self.optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in moved]
+        self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups if g["params"]]
+        self.optimizer.add_param_group({"params": rows, "lr": lr, "weight_decay": 0.0})
+        logger.info("new token rows: %d tensors in their own optimizer group at lr %g", len(rows), lr)
+        return optimizer
 
     finished_on_resume = False
 

@@ -14,10 +14,17 @@ from qa_train.merge import main as merge_main
 from qa_train.modeling import load_tokenizer, resize_embeddings
 
 
-def _lora_config():
+def _lora_config(model, tokenizer):
+    """As training: all linear layers + the rows of the QA tokens (embedding and untied head)."""
+    from qa_train.modeling import lora_config
+
+    return lora_config(model, tokenizer, r=4, alpha=8, dropout=0.0)
+
+
+def _legacy_lora_config():
+    """Adapters of earlier runs: full embeddings / head as ``modules_to_save`` (still merged)."""
     from peft import LoraConfig
 
-    # as training: all linear layers + full embeddings / head (the added special tokens must be learned)
     return LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
         modules_to_save=["embed_tokens", "lm_head"], bias="none", task_type="CAUSAL_LM",
@@ -53,9 +60,12 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _save_adapter(peft_model, tokenizer, out: Path) -> Path:
-    """As training saves one: adapter + tokenizer, then the completion marker merge requires."""
+    """As training saves one: adapter (token rows only, no whole matrices) + tokenizer, then the marker."""
     from qa_train.fsutil import write_marker
+    from qa_train.modeling import save_token_rows_only
 
+    if peft_model.peft_config["default"].trainable_token_indices:
+        save_token_rows_only(peft_model)
     peft_model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     write_marker(out, "train")
@@ -91,13 +101,31 @@ def test_lora_merge_matches_adapter(tiny_llama: Path, tmp_path: Path) -> None:
     model, tokenizer = _base(tiny_llama)
     ids = _inputs(tokenizer)
     base_logits = _logits(model, ids)
-    peft_model = get_peft_model(model, _lora_config())
+    peft_model = get_peft_model(model, _lora_config(model, tokenizer))
     _perturb(peft_model, seed=1)
     adapter = _save_adapter(peft_model, tokenizer, tmp_path / "adapter")
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as fh:
+        rows = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys() if "lora_" not in k}  # noqa: SIM118
+    assert sorted(rows.values()) == [(3, 64), (3, 64)], rows  # embed + untied head rows, no whole matrix
     expected = _reference_logits(tiny_llama, adapter, ids)
     assert (expected - base_logits).abs().max() > 1e-2  # the adapter really changes the model
     merged = _merged_logits(tmp_path, tiny_llama, adapter, ids)
-    torch.testing.assert_close(merged, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_legacy_adapter_with_full_embeddings_still_merges(tiny_llama: Path, tmp_path: Path) -> None:
+    from peft import get_peft_model
+
+    model, tokenizer = _base(tiny_llama)
+    ids = _inputs(tokenizer)
+    peft_model = get_peft_model(model, _legacy_lora_config())
+    _perturb(peft_model, seed=2)
+    adapter = _save_adapter(peft_model, tokenizer, tmp_path / "legacy")
+    expected = _reference_logits(tiny_llama, adapter, ids)
+    merged = _merged_logits(tmp_path, tiny_llama, adapter, ids)
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_qlora_trained_adapter_merges_into_unquantized_base(tiny_llama: Path, tmp_path: Path) -> None:
@@ -114,7 +142,8 @@ def test_qlora_trained_adapter_merges_into_unquantized_base(tiny_llama: Path, tm
     assert any("4bit" in type(m).__name__ for m in q_model.modules())
     resize_embeddings(q_model, tokenizer)
     q_model = get_peft_model(
-        prepare_model_for_kbit_training(q_model, use_gradient_checkpointing=False), _lora_config()
+        prepare_model_for_kbit_training(q_model, use_gradient_checkpointing=False),
+        _lora_config(q_model, tokenizer),
     )
     ids = _inputs(tokenizer)
     opt = torch.optim.AdamW([p for p in q_model.parameters() if p.requires_grad], lr=5e-2)
@@ -140,8 +169,18 @@ def lora_adapter(tiny_llama: Path, tmp_path_factory) -> Path:
     from peft import get_peft_model
 
     model, tokenizer = _base(tiny_llama)
-    peft_model = get_peft_model(model, _lora_config())
+    peft_model = get_peft_model(model, _lora_config(model, tokenizer))
     return _save_adapter(peft_model, tokenizer, tmp_path_factory.mktemp("a") / "adapter")
+
+
+@pytest.fixture(scope="module")
+def legacy_adapter(tiny_llama: Path, tmp_path_factory) -> Path:
+    from peft import get_peft_model
+
+    model, tokenizer = _base(tiny_llama)
+    return _save_adapter(
+        get_peft_model(model, _legacy_lora_config()), tokenizer, tmp_path_factory.mktemp("l") / "a"
+    )
 
 
 def _run_merge(tmp_path: Path, base: Path, adapter: Path, *extra: str) -> int:
@@ -180,11 +219,17 @@ def test_adapter_trained_on_other_model_type(
     assert not (tmp_path / "out").exists()
 
 
-def test_vocab_mismatch(tiny_llama: Path, lora_adapter: Path, tmp_path: Path, capsys) -> None:
+def test_vocab_mismatch(
+    tiny_llama: Path, lora_adapter: Path, legacy_adapter: Path, tmp_path: Path, capsys
+) -> None:
     from qa_train.tiny_model import make_tiny_model
 
     other = make_tiny_model(tmp_path / "other", arch="llama", vocab_size=300)
     assert _run_merge(tmp_path, other, lora_adapter) == 2
+    err = capsys.readouterr().err  # the trained rows would land on other tokens
+    assert "trainable_token_indices" in err and "[512, 513, 514]" in err and "[300, 301, 302]" in err
+    assert not (tmp_path / "out").exists()
+    assert _run_merge(tmp_path, other, legacy_adapter) == 2
     err = capsys.readouterr().err
     assert "rows" in err and "has 303" in err and ("embed_tokens" in err or "lm_head" in err)
     assert not (tmp_path / "out").exists()

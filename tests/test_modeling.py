@@ -29,8 +29,12 @@ def test_llama_gets_linear_rope_scaling_beyond_its_context(tiny_llama, tiny_mist
     assert diff > 1e-4  # the scaling really reaches the rotary embedding
 
 
-def test_special_tokens_are_added_once_and_new_rows_start_at_the_mean(tiny_llama):
+def test_special_tokens_are_added_once_and_new_rows_start_from_text(tiny_llama):
+    """New rows: from their describing text (tests/test_new_tokens.py has the details), or the global mean
+    with ``new_token_init="mean"``; the old rows are untouched."""
     from transformers import AutoModelForCausalLM
+
+    from qa_train.modeling import NEW_TOKEN_TEXT
 
     tok = load_tokenizer(str(tiny_llama))
     ids = tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
@@ -41,9 +45,16 @@ def test_special_tokens_are_added_once_and_new_rows_start_at_the_mean(tiny_llama
     resize_embeddings(model, tok)
     new = model.get_input_embeddings().weight.detach()
     assert new.shape[0] == len(tok) == old.shape[0] + 3
-    assert torch.allclose(new[:512], old) and torch.allclose(new[512], old.mean(0), atol=1e-6)
+    assert torch.allclose(new[:512], old)
+    src = tok(NEW_TOKEN_TEXT[SPECIAL_TOKENS[0]], add_special_tokens=False)["input_ids"]
+    mean = old[src].mean(0)
+    assert torch.allclose(new[512], mean * old[src].norm(dim=-1).mean() / mean.norm(), atol=1e-6)
     resize_embeddings(model, tok)  # idempotent
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert torch.equal(model.get_input_embeddings().weight[:515], new)
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    resize_embeddings(plain, load_tokenizer(str(tiny_llama)), new_token_init="mean")
+    assert torch.allclose(plain.get_input_embeddings().weight[512], old.mean(0), atol=1e-6)
 
 
 def test_attention_choice_on_cpu_and_warning_for_unsafe_packing(caplog):

@@ -157,7 +157,10 @@ def test_loss_decreases_on_a_repeated_batch(tmp_path, tiny_llama, mode):
         assert (out / "model.safetensors").exists()
     else:
         adapter = json.loads((out / "adapter_config.json").read_text())
-        assert set(adapter["modules_to_save"]) == {"embed_tokens", "lm_head"}
+        # the QA tokens' rows (embedding + untied head), not whole matrices (modules_to_save)
+        assert not adapter["modules_to_save"]
+        rows = [512, 513, 514]
+        assert adapter["trainable_token_indices"] == {"embed_tokens": rows, "lm_head": rows}
         assert adapter["r"] == 16 and (out / "adapter_model.safetensors").exists()
     tok = json.loads((out / "tokenizer_config.json").read_text())
     assert "<|eot|>" in json.dumps(tok)
