@@ -83,7 +83,9 @@ class SeaweedFS:
                 self.proc.wait()
 
 
-def start_seaweedfs(root: Path, volume_size_mb: int = 256, timeout: float = 60.0) -> SeaweedFS:
+def start_seaweedfs(
+    root: Path, volume_size_mb: int = 256, timeout: float = 60.0, max_volumes: int = 3000
+) -> SeaweedFS:
     """Start `weed server -s3` on loopback with every port chosen free; wait until S3 answers."""
     weed = shutil.which("weed")
     if weed is None:
@@ -108,7 +110,10 @@ def start_seaweedfs(root: Path, volume_size_mb: int = 256, timeout: float = 60.0
         f"-master.port={m}", f"-master.port.grpc={mg}", f"-volume.port={v}", f"-volume.port.grpc={vg}",
         f"-filer.port={f}", f"-filer.port.grpc={fg}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3g}",
         f"-s3.config={root / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false", f"-master.volumeSizeLimitMB={volume_size_mb}", "-volume.max=0",
+        "-master.telemetry=false", f"-master.volumeSizeLimitMB={volume_size_mb}",
+        # every bucket is a collection that grows its own volumes (7 at a time): with the automatic maximum a
+        # few dozen buckets exhaust the slots and PUTs fail with InternalError. Volumes are sparse files.
+        f"-volume.max={max_volumes}",
     ]  # fmt: skip
     log = open(root / "weed.log", "wb")
     server.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -232,9 +237,22 @@ def seaweedfs(tmp_path_factory) -> Iterator[SeaweedFS]:
         server.stop()
 
 
+def drop_bucket(client: Any, bucket: str) -> None:
+    """Empty and delete a bucket (SeaweedFS then frees its collection's volumes); best effort."""
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            for i in range(0, len(keys), 1000):
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i : i + 1000], "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    except Exception:  # a server already stopped, a bucket a test removed itself
+        pass
+
+
 @pytest.fixture
-def s3(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
-    """A fresh bucket; the standard AWS env points this process at it (subprocesses get ``s3.env``)."""
+def s3(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Bucket]:
+    """A fresh bucket, deleted afterwards; the standard AWS env points this process at it (subprocesses get
+    ``s3.env``)."""
     bucket = "qa-" + uuid.uuid4().hex[:16]
     seaweedfs.client().create_bucket(Bucket=bucket)
     env = seaweedfs.env()
@@ -242,4 +260,5 @@ def s3(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
         monkeypatch.setenv(k, v)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(k, raising=False)
-    return S3Bucket(server=seaweedfs, bucket=bucket, env={**os.environ, **env})
+    yield S3Bucket(server=seaweedfs, bucket=bucket, env={**os.environ, **env})
+    drop_bucket(seaweedfs.client(), bucket)
