@@ -404,3 +404,21 @@ def test_bad_key_is_rejected_and_missing_key_is_clear(double, monkeypatch):
     monkeypatch.delenv("VAST_API_KEY", raising=False)
     with pytest.raises(CloudError, match="VAST_API_KEY"):
         VastCompute(None, "http://127.0.0.1:9")
+
+
+def test_api_key_from_a_file_as_the_error_message_says(tmp_path, monkeypatch):
+    """``VAST_API_KEY_FILE`` works like the launcher's other secrets: one trailing newline stripped, a key with a
+    control character inside refused by name (never echoed)."""
+    from launch.backends.vast.compute import VastCompute
+    from launch.credentials import SecretError
+
+    monkeypatch.delenv("VAST_API_KEY", raising=False)
+    key_file = tmp_path / "vast.key"
+    key_file.write_text("k-file-0123456789\n")
+    monkeypatch.setenv("VAST_API_KEY_FILE", str(key_file))
+    compute = VastCompute()
+    assert compute.api is not None
+    key_file.write_text("k-file-01234\r56789\n")
+    with pytest.raises(SecretError) as err:
+        VastCompute()
+    assert "VAST_API_KEY" in str(err.value) and "k-file-01234" not in str(err.value)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,6 +37,7 @@ from launch.backends.base import (
 )
 from launch.backends.follow import TailFollower
 from launch.backends.runpod.api import RunpodApi, RunpodApiError
+from launch.credentials import load_secrets
 
 logger = logging.getLogger(__name__)
 NO_CAPACITY_MARKERS = ("no longer any instances available", "no instances currently available")
@@ -92,7 +92,9 @@ class RunpodCompute(Compute):
         retries: int = 5,
         backoff: float = 0.5,
     ):
-        key = api_key or os.environ.get("RUNPOD_API_KEY")
+        key = api_key or load_secrets(("RUNPOD_API_KEY",)).get(
+            "RUNPOD_API_KEY"
+        )  # env or RUNPOD_API_KEY_FILE, checked
         if not key:
             raise CloudError("runpod: no API key (set RUNPOD_API_KEY or RUNPOD_API_KEY_FILE)", cloud="runpod")
         self.api = RunpodApi(key, api_url, retries=retries, backoff=backoff)

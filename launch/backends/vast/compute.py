@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,6 +35,7 @@ from launch.backends.base import (
 )
 from launch.backends.follow import TailFollower
 from launch.backends.vast.api import VastApi, VastApiError
+from launch.credentials import load_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ class VastCompute(Compute):
         retries: int = 5,
         backoff: float = 0.5,
     ):
-        key = api_key or os.environ.get("VAST_API_KEY")
+        key = api_key or load_secrets(("VAST_API_KEY",)).get(
+            "VAST_API_KEY"
+        )  # env or VAST_API_KEY_FILE, checked
         if not key:
             raise CloudError("vast: no API key (set VAST_API_KEY or VAST_API_KEY_FILE)", cloud="vast")
         self.api = VastApi(key, api_url, retries=retries, backoff=backoff)
