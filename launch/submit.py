@@ -55,6 +55,7 @@ COMMANDS = (
     "submit",
     "offers",
     "status",
+    "watch",
     "logs",
     "cancel",
     "list",
@@ -151,7 +152,7 @@ class Launcher:
     def _prepare(self, rendered: RenderedSpec, secrets: dict[str, str], opts: JobOptions) -> JobPlan:
         """Everything checked before anything is recorded or rented: backend, storage, image, cloud keys."""
         if get_profile(rendered.gpu.profile).is_cpu and opts.backend != "local":
-            raise CliError(f"--gpu cpu runs only on --backend local (asked: {opts.backend})")
+            raise cli_args.UsageError(f"--gpu cpu runs only on --backend local (asked: {opts.backend})")
         try:
             plan = make_plan(rendered, secrets, opts)
         except (PlanningError, CloudError) as e:
@@ -352,6 +353,26 @@ class Launcher:
         for line in status_lines(doc):
             print(line)
         return None
+
+    def watch(self, job_id: str, interval: float = 10.0, *, json: bool = False) -> None:  # noqa: A002
+        """Refresh ``status JOB_ID`` every --interval seconds until the job ends (training step/total, ETA,
+        loss, lr, tokens/s, restarts, dollars so far): redrawn in place on a terminal, one line per refresh
+        otherwise; ``--json``: one JSON document per line. Ctrl-C stops watching, not the job."""
+        from launch.jobs.watch import watch as watch_loop
+
+        if not float(interval) > 0:
+            raise cli_args.UsageError(f"--interval must be > 0 (got {interval})")
+        reg = self._registry()
+        row = self._row(reg, job_id)
+        plan = self._job_plan(row, computes=False)
+
+        def doc() -> dict[str, Any]:
+            return job_status(reg, self._row(reg, job_id), plan, _compute)
+
+        try:
+            watch_loop(doc, status_lines, interval=float(interval), as_json=bool(json))
+        except KeyboardInterrupt:
+            print(f"\nstopped watching; job {job_id} goes on", file=sys.stderr)
 
     def logs(self, job_id: str, follow: bool = True, tail: int = 1000) -> None:
         """Print the job's logs (saved ones of earlier launches, then the live instance's); follow until it

@@ -16,7 +16,8 @@ from launch.backends.base import CloudError, Compute, InstanceStatus
 from launch.jobs.plan import JobPlan
 from launch.jobs.recovery import Action, Observation, RecoveryPolicy
 from launch.jobs.state import JobRow, JobState, Registry
-from qa_train.contract import EVAL, FINAL, MERGED, RunReport, report_dict
+from launch.jobs.watch import progress, progress_lines
+from qa_train.contract import EVAL, FINAL, MERGED, RunMetrics, RunReport, report_dict
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,13 @@ def job_status(
             report = plan.store.read_report()
         except Exception as e:  # storage down or a malformed report: shown, never guessed
             report_error = f"{type(e).__name__}: {e}"
+    metrics: RunMetrics | None = None
+    metrics_error = None
+    if plan.store is not None:
+        try:
+            metrics = plan.store.read_metrics()
+        except Exception as e:  # progress is for people: shown as unreadable, the job's state stands
+            metrics_error = f"{type(e).__name__}: {e}"
     if not row.managed and not row.state.terminal and live_launch:
         _settle_unmanaged(reg, row, st, report, report_error is None, plan.store is not None)
     doc = summary(reg, row.job_id)
@@ -119,6 +127,10 @@ def job_status(
     )  # fmt: skip
     if report is not None and report.final:
         doc["artifacts"] = artifacts(plan)
+    row_now = reg.get(row.job_id)
+    doc["terminal"] = bool(row_now and row_now.state.terminal)
+    doc["progress"] = progress(doc, metrics, reg.clock())
+    doc["metrics_error"] = metrics_error
     return doc
 
 
@@ -146,6 +158,10 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
              + f", {doc['launches']} launch(es), {doc['restarts']} restart(s), ${doc['cost_usd']:.3f} so far"]  # fmt: skip
     if doc["events"]:
         lines.append(f"  last change: {doc['events'][-1]['reason']}")
+    if doc.get("progress"):
+        lines += progress_lines(doc["progress"])
+    if doc.get("metrics_error"):
+        lines.append(f"  metrics unreadable: {doc['metrics_error']}")
     live = doc.get("live")
     if live:
         what = live.get("state") or f"state unknown ({live.get('error')})"
