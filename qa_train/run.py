@@ -727,6 +727,9 @@ def main(argv: list[str]) -> int:
         reporter.unwatch()
         reporter.interrupted(int(e.code or 1) if not isinstance(e.code, str) else 1)
         raise
+    from qa_train.report_html import make_run_report  # report.html + plots, also to <run>/report/
+
+    make_run_report(run_dir, reporter.store)
     from qa_train.instance_stop import stop_self
 
     stop_self()
