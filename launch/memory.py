@@ -171,6 +171,28 @@ def estimate(
 ORIGINAL_TOKENS_PER_EPOCH = 5173 * 4096  # the original README: 5173 packs of 4096 tokens
 
 
+MFU = 0.35  # assumed model FLOPs utilisation when no measured tokens/s exists for the GPU profile
+# Measured training tokens/s per GPU from bench/RESULTS.md, keyed (gpu profile, mode). Empty: no GPU run of
+# bench/gpu_check.sh has been recorded yet (only CPU throughput on a tiny model, which says nothing here).
+MEASURED_TOKENS_PER_S: dict[tuple[str, str], tuple[float, str]] = {}
+
+
+def tokens_per_second(
+    shape: ModelShape | None, mode: str, peak_tflops: float, num_gpus: int, offload: bool, profile: str = ""
+) -> tuple[float, str]:
+    """Training tokens/s of the whole job and where the number comes from (printed with every estimate)."""
+    n = max(num_gpus, 1)
+    if (profile, mode) in MEASURED_TOKENS_PER_S:
+        rate, where = MEASURED_TOKENS_PER_S[(profile, mode)]
+        return rate * n, f"measured {rate:,.0f} tokens/s per GPU ({where})"
+    params = shape.params if shape else 7e9
+    per_token = (8.0 if mode == "full" else 6.0) * params
+    rate = n * peak_tflops * 1e12 * MFU * (0.5 if offload else 1.0) / per_token
+    why = (f"peak {peak_tflops:g} TFLOPs × {MFU:.0%} MFU{' × 0.5 (offload)' if offload else ''} / "
+           f"{per_token / params:g}·{params / 1e9:.1f}B FLOPs per token; no measured number in bench/RESULTS.md")  # fmt: skip
+    return rate, why
+
+
 def estimate_hours(
     shape: ModelShape | None,
     mode: str,

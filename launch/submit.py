@@ -120,6 +120,9 @@ class Launcher:
             print(redact(spec_json(rendered), secrets), end="")
             if bound := preemption_bound_line(spec_job.training.save_every_minutes):  # no offer known yet
                 print(bound, file=sys.stderr)
+            hours, rate, source = _estimate(spec_job, rendered)
+            print(f"estimated training: {hours:.1f} h at {rate:,.0f} tokens/s ({source}); dollars = $/h of the "
+                  f"offer × {hours:.1f} h (see: python launch/submit.py offers)", file=sys.stderr)  # fmt: skip
             return
         backend = backend or ("local" if get_profile(gpu).is_cpu else "cheapest")
         opts = JobOptions(
@@ -305,15 +308,11 @@ class Launcher:
         as_json: bool = False,
     ) -> None:
         """Offers across clouds for GPU: $/h, GPU, reliability and the job's estimated cost."""
-        from launch.memory import estimate_hours, lookup_shape
-
         spec_job = load_job(job)
         rendered = render(spec_job, gpu, num_gpus=num_gpus)
         profile = get_profile(gpu)
         n = rendered.gpu.count
-        offload = bool(rendered.deepspeed and "offload_optimizer" in rendered.deepspeed["zero_optimization"])
-        hours = estimate_hours(lookup_shape(spec_job), mode_of(spec_job), spec_job.training.num_train_epochs,
-                               spec_job.data.approx_train_tokens, profile.peak_tflops, n, offload)  # fmt: skip
+        hours, rate, source = _estimate(spec_job, rendered)
         opts = JobOptions(backend=backend, interruptible=bool(interruptible), max_price=max_price)
         try:
             computes = make_computes(backend, opts)
@@ -323,13 +322,15 @@ class Launcher:
         except CloudError as e:
             raise CliError(str(e)) from None
         rows = [
-            {**o.to_dict(), "est_hours": round(hours, 2), "est_cost": round(o.price_per_hour * hours, 2)}
+            {**o.to_dict(), "est_hours": round(hours, 2), "est_cost": round(o.price_per_hour * hours, 2),
+             "est_tokens_per_second": round(rate), "est_source": source}
             for o in found[:limit]
         ]
         if as_json:
             print(json.dumps(rows, indent=2))
             return
         print(f"{n}x {profile.display} for {spec_job.run_name} ({mode_of(spec_job)}), est. {hours:.1f} h")
+        print(f"at {rate:,.0f} tokens/s: {source}")
         print(f"hosts with CUDA ≥ {query.min_cuda or '-'}, RAM ≥ {query.min_ram_gb} GB, vCPUs ≥ {query.min_vcpus}")
         print(f"{'cloud':<8} {'offer':<24} {'gpu':<22} {'n':>2} {'$/h':>8} {'reliab.':>7} {'est. $':>8}")
         for r in rows:
@@ -481,6 +482,20 @@ class Launcher:
                 hints.append(f"  {field}: {f.uri}")
         if hints:
             print("in a job spec:\ndata:\n" + "\n".join(hints))
+
+
+def _estimate(spec_job: Any, rendered: RenderedSpec) -> tuple[float, float, str]:
+    """(training hours, tokens/s, where that rate comes from) for --dry_run and offers."""
+    from launch.memory import estimate_hours, lookup_shape, tokens_per_second
+
+    profile = get_profile(rendered.gpu.profile)
+    n = rendered.gpu.count
+    offload = bool(rendered.deepspeed and "offload_optimizer" in rendered.deepspeed["zero_optimization"])
+    shape, mode = lookup_shape(spec_job), mode_of(spec_job)
+    hours = estimate_hours(shape, mode, spec_job.training.num_train_epochs, spec_job.data.approx_train_tokens,
+                           profile.peak_tflops, n, offload)  # fmt: skip
+    rate, source = tokens_per_second(shape, mode, profile.peak_tflops, n, offload, rendered.gpu.profile)
+    return hours, rate, source
 
 
 def _compute(name: str) -> Compute:

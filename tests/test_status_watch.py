@@ -100,3 +100,29 @@ def test_watch_redraws_on_a_terminal():
     assert last["state"] == "SUCCEEDED"
     assert out.getvalue() == f"{CLEAR}job j: RUNNING\n{CLEAR}job j: SUCCEEDED\n"
     assert "j  RUNNING" in one_line({"job_id": "j", "state": "RUNNING", "restarts": 0})
+
+
+def test_dry_run_and_offers_state_hours_dollars_and_the_rate_source(tmp_path, monkeypatch, capsys):
+    from launch.memory import ORIGINAL_TOKENS_PER_EPOCH
+    from tests.test_controller import FakeCompute, offer
+
+    assert (
+        _main(monkeypatch, tmp_path, ["--gpu", "a6000", "--job", "jobs/mistral-qa-lora.yaml", "--dry_run"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert (
+        "estimated training:" in err and "35% MFU" in err and "no measured number in bench/RESULTS.md" in err
+    )
+    _fake_clouds(monkeypatch, {"vast": FakeCompute(name="vast", market=[offer(1, 0.4, backend="vast")])})
+    argv = ["offers", "--gpu", "a6000", "--job", "jobs/mistral-qa-lora.yaml", "--backend", "vast"]
+    assert _main(monkeypatch, tmp_path, [*argv, "--as_json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    from qa_train.spec import load_job
+
+    epochs = load_job("jobs/mistral-qa-lora.yaml").training.num_train_epochs
+    tokens = ORIGINAL_TOKENS_PER_EPOCH * epochs  # the job gives no approx_train_tokens
+    assert row["est_hours"] == pytest.approx(tokens / row["est_tokens_per_second"] / 3600, rel=1e-3)
+    assert row["est_cost"] == pytest.approx(0.4 * row["est_hours"], abs=0.01) and "MFU" in row["est_source"]
+    assert _main(monkeypatch, tmp_path, argv) == 0
+    assert "tokens/s: peak 155 TFLOPs × 35% MFU" in capsys.readouterr().out
