@@ -102,14 +102,19 @@ class Launcher:
         max_restarts: int = 3,
         backoff_s: float = 30.0,
         capacity_wait_s: float = 6 * 3600.0,
-        budget: float | None = None,
+        max_cost: float | None = None,
         keep_instance: bool = False,
     ) -> None:
         """Render JOB for GPU and submit it (or print the rendered spec with --dry_run).
 
-        --managed: stay attached as the job's controller (relaunch on preemption, up to --max_restarts, within
-        --budget dollars); --detach: run that controller in the background (status/logs/cancel/resume from any
+        --managed: stay attached as the job's controller (relaunch on preemption, up to --max_restarts);
+        --max_cost USD: dollars over every launch; a warning at 80%, then at the cap the container is asked to
+        checkpoint and stop and the job ends STOPPED_BUDGET (needs --managed or --detach); --detach: run that controller in the background (status/logs/cancel/resume from any
         shell). Cloud instances stop themselves when the run ends unless --keep_instance."""
+        if max_cost is not None and not float(max_cost) > 0:
+            raise cli_args.UsageError(f"--max_cost must be > 0 dollars (got {max_cost})")
+        if max_cost is not None and not (managed or detach or dry_run):
+            raise cli_args.UsageError("--max_cost needs --managed or --detach (its controller stops the job)")
         spec_job = with_save_bound(load_job(job), bool(interruptible))  # interruptible: save every 30 min
         secrets = load_secrets(CONTAINER_SECRETS, env_file=env_file)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
@@ -131,7 +136,7 @@ class Launcher:
             poll_s=10.0 if poll_s is None else float(poll_s),
             ready_timeout_s=1800.0 if ready_timeout_s is None else float(ready_timeout_s),
             backoff_s=float(backoff_s), backoff_max_s=max(600.0, float(backoff_s)),
-            capacity_wait_s=float(capacity_wait_s), budget_usd=None if budget is None else float(budget),
+            capacity_wait_s=float(capacity_wait_s), max_cost_usd=None if max_cost is None else float(max_cost),
             data_dir=str(Path(data_dir).resolve()) if data_dir else None, network=network,
             env_file=str(Path(env_file).resolve()) if env_file else None,
         )  # fmt: skip
@@ -427,11 +432,11 @@ class Launcher:
             print(_dumps(out))
             return
         print(
-            f"{'job_id':<44} {'backend':<8} {'gpu':<9} {'state':<10} {'restarts':>8} {'cost $':>8} {'step':>6} instance"
+            f"{'job_id':<44} {'backend':<8} {'gpu':<9} {'state':<14} {'restarts':>8} {'cost $':>8} {'step':>6} instance"
         )
         for d in out:
             step = d["last_step"] if d["last_step"] is not None else "-"
-            print(f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<10} {d['restarts']:>8} "
+            print(f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<14} {d['restarts']:>8} "
                   f"{d['cost_usd']:>8.3f} {step:>6} {d['instance_id'] or '-'}")  # fmt: skip
 
     # -- images (launch/images.py) ------------------------------------------------------------------------------

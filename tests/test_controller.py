@@ -371,10 +371,10 @@ def test_no_capacity_on_one_offer_walks_to_the_next(world):
 def test_budget_stop(world):
     w = world
     w.cloud.market = [offer(1, 36.0)]  # $0.01 per second: $0.10 per 10 s poll
-    w.policy = RecoveryPolicy(budget_usd=0.5)
-    assert w.controller().run() == JobState.FAILED
-    assert "budget $0.50 spent" in w.reg.last_reason(JOB)
-    assert 0.5 < w.reg.cost(JOB) <= 0.61
+    w.policy = RecoveryPolicy(max_cost_usd=0.5)
+    assert w.controller().run() == JobState.STOPPED_BUDGET
+    assert "max_cost $0.50 reached" in w.reg.last_reason(JOB)
+    assert 0.5 <= w.reg.cost(JOB) <= 0.61  # the fake's stop ends the instance at once: no wait
     assert w.cloud.live() == []
 
 
@@ -501,7 +501,7 @@ def test_transitions_are_checked_and_cancel_wins(world):
 
 
 def test_policy_decisions():
-    p = RecoveryPolicy(max_restarts=2, budget_usd=10.0, ready_timeout_s=100.0)
+    p = RecoveryPolicy(max_restarts=2, max_cost_usd=10.0, ready_timeout_s=100.0)
     running = InstanceStatus(InstanceState.RUNNING)
     stopped = InstanceStatus(InstanceState.STOPPED)
     ok = RunReport("r", RunState.SUCCEEDED)
@@ -512,7 +512,10 @@ def test_policy_decisions():
     assert p.decide(Observation(stopped)).action == Action.RELAUNCH
     assert p.decide(Observation(stopped, restarts=2)).action == Action.FAIL
     assert p.decide(Observation(stopped, report_known=False)).action == Action.POLL
-    assert p.decide(Observation(running, spent_usd=10.5)).action == Action.FAIL
+    assert p.decide(Observation(running, spent_usd=10.5)).action == Action.STOP_BUDGET
+    assert p.decide(Observation(running, spent_usd=10.0)).action == Action.STOP_BUDGET  # at the cap
+    assert p.decide(Observation(running, spent_usd=9.99)).action == Action.POLL
+    assert not p.near_budget(7.99) and p.near_budget(8.0) and not p.near_budget(10.0)
     assert p.decide(Observation(running, cancelled=True, report=ok)).action == Action.CANCEL
     prov = InstanceStatus(InstanceState.PROVISIONING)
     assert p.decide(Observation(prov, provisioning_s=50)).action == Action.POLL
@@ -552,3 +555,90 @@ def test_the_walk_tells_the_container_which_cloud_it_landed_on(world):
     w.clock.at(15, w.reports.succeeded)
     w.controller().run()
     assert seen and seen[0]["QA_BACKEND"] == "fake"
+
+
+# -- --max_cost ------------------------------------------------------------------------------------------
+def test_max_cost_warns_once_at_80_percent_then_stops_waits_for_the_checkpoint_and_destroys(world):
+    w = world
+    w.cloud.market = [offer(1, 36.0)]  # $0.01 per second
+    w.policy = RecoveryPolicy(max_cost_usd=1.0)
+    w.reports.running(step=20)
+    stops: list[tuple[float, str]] = []
+
+    def stop(iid: str) -> None:  # SIGTERM: the trainer commits step 30 after 12 s, the container ends at 40 s
+        stops.append((w.clock(), iid))
+        w.clock.at(12, lambda: w.reports.running(step=30))
+        w.clock.at(40, lambda: w.cloud.boxes and w.cloud.set(iid, InstanceState.STOPPED))
+
+    w.cloud.stop = stop  # type: ignore[method-assign]
+    assert w.controller(stop_wait_s=120.0).run() == JobState.STOPPED_BUDGET
+    warnings = [e for e in w.reg.events(JOB) if e.reason.startswith("budget warning")]
+    assert len(warnings) == 1 and "of max_cost $1.00 (80%)" in warnings[0].reason
+    assert warnings[0].state == JobState.RUNNING  # an event, not a state change
+    assert sum("budget warning" in s for s in w.echoed) == 1
+    assert len(stops) == 1 and stops[0][1] == "fake-i1"
+    assert 1.0 <= w.reg.cost(JOB) < 1.2  # destroyed once step 30 was committed, not after the whole wait
+    assert w.cloud.destroyed == ["fake-i1"] and w.cloud.live() == [] and w.reg.open_launches(JOB) == []
+    reason = w.reg.last_reason(JOB)
+    assert "max_cost $1.00 reached" in reason and "last committed checkpoint: step 30" in reason
+    assert w.reg.get(JOB).last_step == 30 and w.reg.get(JOB).state.terminal
+    assert w.states()[-1] == JobState.STOPPED_BUDGET and w.cloud.creates == ["o1"]
+
+
+def test_max_cost_stop_wait_is_bounded_when_no_checkpoint_comes(world):
+    w = world
+    w.cloud.market = [offer(1, 36.0)]
+    w.policy = RecoveryPolicy(max_cost_usd=0.5)
+    w.reports.running(step=5)
+    w.cloud.stop = lambda iid: None  # type: ignore[method-assign]  # a container that never reacts
+    assert w.controller(stop_wait_s=60.0).run() == JobState.STOPPED_BUDGET
+    stop_at = next(e.ts for e in w.reg.events(JOB) if e.state == JobState.STOPPED_BUDGET)
+    started = w.reg.launches(JOB)[0].started_at
+    assert 60.0 <= stop_at - started - 50.0 <= 70.0, stop_at - started  # 50 s to the cap, then the wait
+    assert "last committed checkpoint: step 5" in w.reg.last_reason(JOB) and w.cloud.live() == []
+
+
+def test_max_cost_reached_while_recovering_ends_at_once(world):
+    w = world
+    w.policy = RecoveryPolicy(max_cost_usd=0.5)
+    w.reg.transition(JOB, JobState.STARTING, "go")
+    w.reg.add_launch(JOB, backend="fake", instance_id="gone-1", price_per_hour=36.0)
+    w.clock.t += 60  # $0.60 spent by a launch that was lost; a restarted controller finds no instance
+    w.reg.end_launch(JOB, "gone-1", "preempted")
+    w.reg.transition(JOB, JobState.RECOVERING, "preempted")
+    w.reports.running(step=7)
+    assert w.controller().run() == JobState.STOPPED_BUDGET
+    assert w.cloud.creates == [] and w.clock.sleeps == []
+    reason = w.reg.last_reason(JOB)
+    assert "no instance was running" in reason and "step 7" in reason
+
+
+def test_max_cost_option_survives_the_rename(tmp_path):
+    from launch.jobs.state import JobOptions
+
+    assert JobOptions.from_json('{"budget_usd": 3.5}').max_cost_usd == 3.5
+    assert JobOptions.from_json(JobOptions(max_cost_usd=2.0).to_json()).max_cost_usd == 2.0
+
+
+def test_stopped_budget_is_terminal_and_the_cli_says_where_the_checkpoint_is(tmp_path, monkeypatch, capsys):
+    from launch.submit import main
+
+    assert JobState.STOPPED_BUDGET.terminal and allowed(JobState.RECOVERING, JobState.STOPPED_BUDGET)
+    assert not allowed(JobState.STOPPED_BUDGET, JobState.RUNNING)
+    monkeypatch.setenv("QA_RUNS_ROOT", str(tmp_path / "runs"))
+    dry = ["--gpu", "cpu", "--job", "jobs/smoke.yaml", "--dry_run", "--job_id", "b1", "--max_cost", "2"]
+    assert main(dry) == 0
+    spec = capsys.readouterr().out
+    (tmp_path / "runs" / "b1").mkdir(parents=True)
+    (tmp_path / "runs" / "b1" / "spec.json").write_text(spec)
+    reg = Registry(tmp_path / "runs", redact=lambda v: v)
+    reg.claim("b1", "local", managed=True)
+    reg.transition("b1", JobState.STOPPED_BUDGET, "max_cost $2.00 reached; last committed checkpoint: step 9")
+    assert main(["resume", "b1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: job b1 STOPPED_BUDGET: max_cost $2.00 reached; last committed checkpoint: step 9"]
+    assert main(["list"]) == 0 and "STOPPED_BUDGET" in capsys.readouterr().out
+    assert main(["cancel", "b1"]) == 0 and "already STOPPED_BUDGET" in capsys.readouterr().out
+    assert main(["--gpu", "cpu", "--job", "jobs/smoke.yaml", "--max_cost", "2"]) == 2  # no controller
+    assert "--max_cost needs --managed" in capsys.readouterr().err
+    assert main(["--gpu", "cpu", "--job", "jobs/smoke.yaml", "--max_cost", "-1", "--managed"]) == 2

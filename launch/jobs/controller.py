@@ -4,7 +4,8 @@ Each poll reads the instance's typed state (``Compute.status``) and the run's re
 practice ``RunStore`` on object storage), asks ``RecoveryPolicy.decide`` and carries the decision out:
 keep polling; relaunch (destroy what is left, walk the offers again, the container resumes from the last
 committed checkpoint); finish SUCCEEDED (destroy the instance, list the artifacts); FAILED (a training error
-from the report's failed stage is never relaunched; or a policy limit); CANCELLED. A final report ends the job
+from the report's failed stage is never relaunched; or a policy limit); CANCELLED; at --max_cost, STOPPED_BUDGET (one warning event at 80%; at the cap the instance is stopped so
+the container commits a checkpoint, then destroyed). A final report ends the job
 whatever the instance's state, and the instance is destroyed. Success is never read from log wording.
 
 The registry is the source of truth: a restarted controller (``submit.py resume JOB``) adopts the instance it
@@ -40,6 +41,9 @@ from launch.jobs.state import JobState, Registry
 from qa_train.contract import RunReport
 
 logger = logging.getLogger(__name__)
+
+
+BUDGET_WARNING = "budget warning"  # the event's prefix; one per job
 
 
 class ReportSource(Protocol):
@@ -87,7 +91,7 @@ class RegistryHooks:
 
 
 class Controller:
-    """Drive one managed job to SUCCEEDED, FAILED or CANCELLED. ``run()`` returns that state."""
+    """Drive one managed job to SUCCEEDED, FAILED, CANCELLED or STOPPED_BUDGET. ``run()`` returns that state."""
 
     def __init__(
         self,
@@ -106,6 +110,7 @@ class Controller:
         sleep: Callable[[float], None] = time.sleep,
         echo: Callable[[str], None] | None = None,
         lease: Lease | None = None,
+        stop_wait_s: float = 120.0,
     ):
         self.reg = reg
         self.job_id = job_id
@@ -119,6 +124,8 @@ class Controller:
         self.logs_dir = logs_dir
         self.clock = clock
         self.sleep = sleep
+        self.stop_wait_s = stop_wait_s  # --max_cost: how long the container gets to commit a last checkpoint
+        self._warned: bool | None = None  # the 80% budget warning was recorded (None: not looked up yet)
         self._echo = echo or (lambda s: print(s, flush=True))
         self.lease = lease or Lease(reg, job_id, clock=clock, stale_s=max(60.0, 5 * poll_s))
         self.hooks = RegistryHooks(reg, job_id, self.note)
@@ -208,9 +215,13 @@ class Controller:
                 return self._end_cancelled()
             if cur is None:
                 try:
-                    cur = self._adopt() or self.walk.launch(
-                        self.request, self.query, self.reg.blocked(self.job_id)
-                    )
+                    cur = self._adopt()
+                    if cur is None:
+                        spent = self.reg.cost(self.job_id)
+                        if self.policy.over_budget(spent):  # nothing runs: nothing to checkpoint, end now
+                            why = f"{self.policy.budget_reason(spent)}; no instance was running"
+                            return self._end_budget(why, self._committed_step())
+                        cur = self.walk.launch(self.request, self.query, self.reg.blocked(self.job_id))
                 except Cancelled:
                     return self._end_cancelled()
                 except RequestRejected as e:
@@ -255,6 +266,8 @@ class Controller:
                 return self._end(JobState.SUCCEEDED, d.reason, cur)
             if d.action == Action.FAIL:
                 return self._end(JobState.FAILED, d.reason, cur)
+            if d.action == Action.STOP_BUDGET:
+                return self._stop_for_budget(cur, d.reason)
             # RELAUNCH
             self._retire(cur, d.reason, blocklist=d.blocklist)
             row = self.reg.get(self.job_id)
@@ -280,6 +293,7 @@ class Controller:
             spent_usd=self.reg.cost(self.job_id),
             provisioning_s=0.0 if provisioning_since is None else self.clock() - provisioning_since,
         )
+        self._warn_budget(obs.spent_usd)
         d = self.policy.decide(obs)
         if d.action == Action.RELAUNCH and self.reports is not None:
             # the instance ended a moment ago: its last report write may have landed since the first read
@@ -289,6 +303,81 @@ class Controller:
             if report.last_committed_step != row.last_step:
                 self.reg.set(self.job_id, last_step=report.last_committed_step)
         return d
+
+    # -- --max_cost ------------------------------------------------------------------------------------------
+    def _warn_budget(self, spent: float) -> None:
+        """One warning per job at 80% of --max_cost, recorded as an event (a restarted controller reads it
+        back instead of warning again)."""
+        if not self.policy.near_budget(spent):
+            return
+        if self._warned is None:
+            self._warned = any(e.reason.startswith(BUDGET_WARNING) for e in self.reg.events(self.job_id))
+        if self._warned:
+            return
+        cap = self.policy.max_cost_usd
+        assert cap is not None
+        text = (f"{BUDGET_WARNING}: ${spent:.2f} spent of max_cost ${cap:.2f} "
+                f"({100 * spent / cap:.0f}%); the job is stopped at the cap")  # fmt: skip
+        self.reg.note(self.job_id, text)
+        logger.warning("%s: %s", self.job_id, text)
+        self.note(text)
+        self._warned = True
+
+    def _committed_step(self) -> int | None:
+        """The last committed checkpoint's step: the run report's, else the registry's last record of it."""
+        report, _ = self._report()
+        if report is not None and report.last_committed_step is not None:
+            return report.last_committed_step
+        row = self.reg.get(self.job_id)
+        return row.last_step if row else None
+
+    def _stop_for_budget(self, cur: Launched, reason: str) -> JobState:
+        """At the cap: ``stop`` the instance (the cloud sends SIGTERM; the trainer saves and commits a
+        checkpoint when that fits the grace period), wait up to ``stop_wait_s`` for a newer committed step or
+        for the instance to end, then destroy it and end STOPPED_BUDGET (or as the run's final report says,
+        when it finished meanwhile)."""
+        before = self._committed_step()
+        compute = self.computes[cur.backend]
+        self.note(f"{reason}: asking {cur.backend} instance {cur.instance_id} to checkpoint and stop "
+                  f"(waiting up to {self.stop_wait_s:.0f}s)")  # fmt: skip
+        try:
+            compute.stop(cur.instance_id)
+        except CloudError as e:  # cannot ask it to save: destroy it anyway, the cap is the user's limit
+            logger.warning("%s: stop of %s failed: %s", self.job_id, cur.instance_id, e)
+            self.note(f"stop of {cur.instance_id} failed ({e}); destroying it without a last checkpoint")
+        else:
+            deadline = self.clock() + self.stop_wait_s
+            while (left := deadline - self.clock()) > 0:
+                self.sleep(min(max(self.poll_s, 0.01), 5.0, left))
+                report, _ = self._report()
+                step = report.last_committed_step if report is not None else None
+                if report is not None and report.final:
+                    break
+                if step is not None and (before is None or step > before):
+                    self.note(f"checkpoint of step {step} committed")
+                    break
+                st = self._status(cur)
+                if st is not None and st.state not in (InstanceState.RUNNING, InstanceState.PROVISIONING):
+                    break
+            else:
+                self.note(f"no newer checkpoint after {self.stop_wait_s:.0f}s; destroying the instance")
+        report, _ = self._report()
+        if report is not None and report.final:  # it finished while stopping: that is the outcome
+            d = self.policy.decide(Observation(None, report))
+            end = JobState.SUCCEEDED if d.action == Action.SUCCEED else JobState.FAILED
+            return self._end(end, d.reason, cur)
+        self._retire(cur, reason, blocklist=False)
+        return self._end_budget(reason, self._committed_step())
+
+    def _end_budget(self, reason: str, step: int | None) -> JobState:
+        if step is not None:
+            self.reg.set(self.job_id, last_step=step)
+            layout = getattr(self.reports, "layout", None)
+            where = f" ({layout.checkpoint(step)})" if layout is not None else ""
+            reason += f"; last committed checkpoint: step {step}{where}"
+        else:
+            reason += "; no checkpoint was committed"
+        return self._end(JobState.STOPPED_BUDGET, reason, None)
 
     # -- adopting, retiring, ending --------------------------------------------------------------------------
     def _adopt(self) -> Launched | None:
@@ -376,7 +465,7 @@ def controller_for(
     o = plan.options
     policy = RecoveryPolicy(max_restarts=o.max_restarts, backoff_s=o.backoff_s, backoff_max_s=o.backoff_max_s,
                             capacity_wait_s=o.capacity_wait_s, ready_timeout_s=o.ready_timeout_s,
-                            budget_usd=o.budget_usd)  # fmt: skip
+                            max_cost_usd=o.max_cost_usd)  # fmt: skip
 
     def listed() -> list[str]:
         where = artifacts(plan)

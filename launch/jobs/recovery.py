@@ -24,6 +24,7 @@ class Action(StrEnum):
     SUCCEED = "succeed"  # the run says it succeeded: destroy the instance, list the artifacts
     FAIL = "fail"  # a training error, or the policy's limits are reached: never relaunched
     CANCEL = "cancel"  # the user cancelled
+    STOP_BUDGET = "stop_budget"  # --max_cost reached: ask the container to checkpoint, then destroy and end
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class RecoveryPolicy:
     backoff_max_s: float = 600.0
     capacity_wait_s: float = 6 * 3600.0  # give up after waiting this long for capacity
     ready_timeout_s: float = 1800.0  # a launch not RUNNING by then is destroyed and its machine blocklisted
-    budget_usd: float | None = None  # stop when price × time over every launch exceeds it
+    max_cost_usd: float | None = None  # stop when price × time over every launch reaches it
+    warn_fraction: float = 0.8  # one warning (an event) when the spend reaches this share of max_cost_usd
 
     def decide(self, obs: Observation) -> Decision:
         if obs.cancelled:
@@ -67,7 +69,7 @@ class RecoveryPolicy:
         if obs.report is not None and obs.report.final:
             return _from_final_report(obs.report)
         if self.over_budget(obs.spent_usd):
-            return Decision(Action.FAIL, f"budget ${self.budget_usd:.2f} spent (${obs.spent_usd:.2f})")
+            return Decision(Action.STOP_BUDGET, self.budget_reason(obs.spent_usd))
         st = obs.instance
         if st is None:
             return Decision(Action.POLL, "instance state unknown (cloud did not answer)")
@@ -95,7 +97,17 @@ class RecoveryPolicy:
         return min(self.backoff_s * (2.0 ** max(attempt, 0)), self.backoff_max_s)
 
     def over_budget(self, spent_usd: float) -> bool:
-        return self.budget_usd is not None and spent_usd > self.budget_usd
+        """The cap is reached (not only passed): a job at exactly its cap starts nothing more."""
+        return self.max_cost_usd is not None and spent_usd >= self.max_cost_usd
+
+    def near_budget(self, spent_usd: float) -> bool:
+        """Time for the one warning: at ``warn_fraction`` of the cap (and not yet at it)."""
+        cap = self.max_cost_usd
+        return cap is not None and self.warn_fraction * cap <= spent_usd < cap
+
+    def budget_reason(self, spent_usd: float) -> str:
+        assert self.max_cost_usd is not None
+        return f"max_cost ${self.max_cost_usd:.2f} reached (${spent_usd:.2f} spent over every launch)"
 
     def _lost(self, obs: Observation, why: str) -> Decision:
         """A machine that lost the job (preempted, failed, killed) is blocklisted: the next launch prefers

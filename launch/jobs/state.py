@@ -28,14 +28,15 @@ class JobState(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    STOPPED_BUDGET = "STOPPED_BUDGET"  # --max_cost reached: asked to checkpoint, then destroyed (resumable)
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-# Non-terminal moves; any non-terminal state may also end (→ SUCCEEDED / FAILED / CANCELLED).
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.STOPPED_BUDGET})
+# Non-terminal moves; any non-terminal state may also end (→ SUCCEEDED / FAILED / CANCELLED / STOPPED_BUDGET).
 NEXT: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.STARTING}),
     JobState.STARTING: frozenset({JobState.RUNNING, JobState.RECOVERING}),
@@ -73,7 +74,7 @@ class JobOptions:
     backoff_s: float = 30.0
     backoff_max_s: float = 600.0
     capacity_wait_s: float = 6 * 3600.0
-    budget_usd: float | None = None
+    max_cost_usd: float | None = None  # --max_cost: dollars over every launch before the job is stopped
     data_dir: str | None = None  # local backend: host folder mounted read-only at /data
     network: str | None = None  # local backend: docker network mode
     env_file: str | None = None  # where secrets were read from (a path, never the values)
@@ -85,6 +86,8 @@ class JobOptions:
     def from_json(cls, text: str | None) -> JobOptions:
         names = {f.name for f in fields(cls)}
         doc = json.loads(text) if text else {}
+        if "budget_usd" in doc and "max_cost_usd" not in doc:  # a job recorded before the rename (--budget)
+            doc["max_cost_usd"] = doc["budget_usd"]
         return cls(**{k: v for k, v in doc.items() if k in names})
 
 
@@ -358,6 +361,18 @@ class Registry:
                 "SELECT ts, state, reason, instance_id FROM events WHERE job_id=? ORDER BY id", (job_id,)
             ).fetchall()
         return [Event(r["ts"], JobState(r["state"]), r["reason"], r["instance_id"]) for r in rows]
+
+    def note(self, job_id: str, reason: str) -> None:
+        """Record an event without a state change (e.g. the 80% budget warning): kept with the job's history,
+        and what a restarted controller reads to not warn twice."""
+        with self._tx() as c:
+            row = c.execute("SELECT state, instance_id FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no job {job_id!r} in {self.path}")
+            c.execute(
+                "INSERT INTO events (job_id, ts, state, reason, instance_id) VALUES (?,?,?,?,?)",
+                (job_id, self.clock(), row["state"], self._redact(reason), row["instance_id"]),
+            )
 
     def last_reason(self, job_id: str) -> str:
         ev = self.events(job_id)
