@@ -14,18 +14,28 @@ from typing import Any, TypeVar
 from qa_train.secret_check import SecretValueError, check_secret_value
 
 # Passed into the container when set. Cloud API keys are used by the launcher only and never forwarded.
-CONTAINER_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
-LAUNCHER_SECRETS = ("VAST_API_KEY", "RUNPOD_API_KEY")
-# Every credential the launcher or the container may meet: checked up front, and redacted (but usernames are
-# not secret and look like ordinary words, e.g. an image namespace, so they are checked, never redacted).
-OTHER_SECRETS = (
-    "REGISTRY_PASSWORD",
+# Experiment trackers (the job spec's training.report_to): their keys reach the trainer the same way. The
+# tracking URI travels with them (it may carry a user:password) and, like every value here, never in the spec.
+TRACKING_SECRETS = (
     "WANDB_API_KEY",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
 )
+CONTAINER_SECRETS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "HF_TOKEN",
+    *TRACKING_SECRETS,
+)
+LAUNCHER_SECRETS = ("VAST_API_KEY", "RUNPOD_API_KEY")
+# Every credential the launcher or the container may meet: checked up front, and redacted (but usernames are
+# not secret and look like ordinary words, e.g. an image namespace, so they are checked, never redacted).
+OTHER_SECRETS = ("REGISTRY_PASSWORD",)
 USERNAMES = ("REGISTRY_USERNAME", "MLFLOW_TRACKING_USERNAME")
-ALL_SECRETS = CONTAINER_SECRETS + LAUNCHER_SECRETS + OTHER_SECRETS
+ALL_SECRETS = tuple(n for n in CONTAINER_SECRETS if n not in USERNAMES) + LAUNCHER_SECRETS + OTHER_SECRETS
 CHECKED = ALL_SECRETS + USERNAMES
 REDACTED = "***"
 MIN_SECRET_LEN = 8  # shorter values are not secrets worth the name, and replacing them mangles ordinary text

@@ -41,6 +41,7 @@ TOKENIZED = "tokenized"  # <run>/tokenized/<cache key>/: qa_train.data.tokenize'
 REPORT_VERSION = 1
 METRICS_NAME = "metrics.json"
 REPORT_DIR = "report"  # report.html + plots
+TB = "tb"  # <run>/tb/: TensorBoard event files (training.report_to: tensorboard), local <output_dir>/tb/
 PACKING_NAME = "packing.json"  # beside train_summary.json: sample-length histogram and fill per pack
 
 # Env the launcher gives the container (short references only: clouds cap env values, vast at 256 characters).

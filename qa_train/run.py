@@ -39,6 +39,7 @@ from qa_train.contract import (
     MERGED,
     REPORT_NAME,
     STAGE_OUTPUTS,
+    TB,
     RunLayout,
     RunReport,
     RunState,
@@ -125,6 +126,9 @@ def train_flags(job: JobSpec, plan: Plan) -> list[str]:
         f += ["--max_steps", str(t.max_steps)]
     if t.save_every_minutes is not None:
         f += ["--save_every_minutes", str(t.save_every_minutes)]
+    f += ["--report_to", ",".join(t.report_to)]  # HF's parser takes one value: train splits the commas
+    if "tensorboard" in t.report_to:  # a fixed folder, so train can sync it under <run>/tb/
+        f += ["--logging_dir", f"{job.train_output_dir()}/{TB}"]
     if job.use_lora:
         f += [
             "--lora_r",

@@ -214,6 +214,21 @@ class TrainingSpec(_Strict):
     bf16: bool | None = Field(default=None, description="None: decided by the GPU profile")
     tf32: bool | None = Field(default=None, description="None: decided by the GPU profile")
     seed: int = 42
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "none"]] = Field(
+        default_factory=lambda: ["none"],
+        min_length=1,
+        description="the Trainer's experiment trackers; keys (WANDB_API_KEY, MLFLOW_TRACKING_*) travel as "
+        "secret env, never here; TensorBoard event files are synced under <run>/tb/",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"report_to lists a tracker twice: {v}")
+        if "none" in v and len(v) > 1:
+            raise ValueError(f"report_to: 'none' cannot be combined with trackers: {v}")
+        return v
 
 
 class LoraSpec(_Strict):

@@ -396,6 +396,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     from qa_train.trainer import PreemptionGuard, QATrainer, model_state_bytes
 
     model_args, data_args, training_args, sync_args = parse_train_args(argv)
+    training_args.report_to = split_trackers(training_args.report_to)
     _setup_logging(training_args)
     guard = PreemptionGuard(
         save_every_minutes=training_args.save_every_minutes,
@@ -501,8 +502,28 @@ def run(argv: list[str]) -> dict[str, Any]:
                 final_done.uri,
                 final_done.num_files,
             )
-        session.finish(output_dir, summary, upload_final=final_done is None)
+        session.finish(output_dir, summary, upload_final=final_done is None, tb_dir=_tensorboard_dir(trainer))
     return summary
+
+
+def split_trackers(report_to: list[str] | None) -> list[str]:
+    """HF's parser takes one ``--report_to`` value: several trackers come comma-joined (as ``qa_train run``
+    passes them); the Trainer wants a list."""
+    return [n.strip() for r in report_to or [] for n in r.split(",") if n.strip() and n.strip() != "none"]
+
+
+def _tensorboard_dir(trainer: Any) -> Path | None:
+    """The TensorBoard logging dir when ``--report_to`` has tensorboard, its writers closed first: an eval
+    after training reopens a writer whose last scalars sit in a buffer until it is closed."""
+    args = trainer.args
+    if "tensorboard" not in (args.report_to or []) or not args.logging_dir:
+        return None
+    for cb in trainer.callback_handler.callbacks:
+        writer = getattr(cb, "tb_writer", None)
+        if writer is not None:
+            writer.close()
+            cb.tb_writer = None
+    return Path(args.logging_dir)
 
 
 def _log_error(exc: BaseException) -> None:

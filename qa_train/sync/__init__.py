@@ -99,12 +99,44 @@ class SyncSession:
 
         return RemoteTokenCache(self.client, self.run, self.endpoint_url, progress=progress)
 
-    def finish(self, output_dir: Path, summary: dict[str, Any], *, upload_final: bool = True) -> None:
-        """Wait for checkpoint uploads, push ``final/`` (+ train_summary.json); raise naming any failed upload.
+    def push_tb(self, tb_dir: Path | None) -> str | None:
+        """TensorBoard event files → ``<run>/tb/``, file by file, never deleting: each launch writes event
+        files of its own name (time, host, pid), so a relaunch adds its curves to the earlier launches' instead
+        of replacing them (a manifest-committed push would delete them as stale). Never fails the run: they are
+        for people; a failed upload is a warning. Returns the URI when pushed."""
+        if self.client is None or self.run is None or tb_dir is None:
+            return None
+        tb_dir = Path(tb_dir)
+        files = sorted(p for p in tb_dir.rglob("*") if p.is_file()) if tb_dir.is_dir() else []
+        if not files:
+            return None
+        from qa_train.contract import TB
+
+        dest = self.run.child(TB)
+        try:
+            for f in files:
+                self.client.upload_file(str(f), dest.bucket, dest.key(f.relative_to(tb_dir).as_posix()))
+        except Exception as exc:  # SyncError or a botocore error: keep training's outcome as it is
+            logger.warning("TensorBoard logs not uploaded to %s (kept at %s): %s", dest.uri, tb_dir, exc)
+            return None
+        logger.info("Uploaded TensorBoard logs to %s", dest.uri)
+        return dest.uri
+
+    def finish(
+        self,
+        output_dir: Path,
+        summary: dict[str, Any],
+        *,
+        upload_final: bool = True,
+        tb_dir: Path | None = None,
+    ) -> None:
+        """Wait for checkpoint uploads, push ``final/`` (+ train_summary.json) and the TensorBoard logs
+        (``tb_dir``, a warning when that fails); raise naming any failed model upload.
 
         ``upload_final=False``: an earlier launch committed ``final/`` already (verified by the caller)."""
         if self.uploader is None:
             return
+        self.push_tb(tb_dir)
         from .transfer import push_directory
 
         self.uploader.wait()
