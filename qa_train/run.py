@@ -45,8 +45,8 @@ from qa_train.contract import (
     RunState,
     RunStore,
     StageResult,
-    atomic_write_text,
 )
+from qa_train.fsutil import atomic_write_text
 from qa_train.spec import JobSpec, Plan, RenderedSpec, SpecError, load_any
 
 logger = logging.getLogger("qa_train.run")
@@ -151,6 +151,21 @@ def _deepspeed_cmd(num_gpus: int) -> list[str]:
     return [*head, "--num_gpus", str(max(num_gpus, 1)), "--module", "qa_train", "train"]
 
 
+# The GPU image's eval venv: vLLM pins its own torch, so it lives beside the training venv (docker/README.md).
+EVAL_VENV_PYTHON = "/opt/eval-venv/bin/python"
+
+
+def eval_python(inference_type: str) -> str:
+    """The interpreter for the eval stage: with ``vllm``, ``$QA_EVAL_PYTHON`` or the image's eval venv when it
+    exists; otherwise (and always for ``hf``) this interpreter, so a CPU run with ``vllm`` still gets the
+    backend's clear "needs a GPU/vllm" error."""
+    if inference_type == "vllm":
+        for cand in (os.environ.get("QA_EVAL_PYTHON"), EVAL_VENV_PYTHON):
+            if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+                return cand
+    return sys.executable
+
+
 def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) -> list[Stage]:
     """The commands of each stage, in order (pure: nothing runs, nothing is written)."""
     py = [sys.executable, "-m", "qa_train"]
@@ -211,7 +226,8 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                 model_path = job.train_output_dir()
             else:
                 model_path = job.base_model()
-            cmd = [*py, "eval", "--model_path", model_path, "--hotpot_qa_dev_path", str(job.data.hotpot_qa_dev_path),
+            epy = [eval_python(job.eval.inference_type), "-m", "qa_train"]  # vllm: the image's eval venv
+            cmd = [*epy, "eval", "--model_path", model_path, "--hotpot_qa_dev_path", str(job.data.hotpot_qa_dev_path),
                    "--inference_type", job.eval.inference_type, "--save_path", job.eval_save_path(),
                    "--batch_size", str(job.eval.batch_size)]  # fmt: skip
             if job.eval.limit is not None:

@@ -1,0 +1,95 @@
+"""The run report ``report.json``: what a run says about itself. The controller decides from it and the
+instance state, never from log wording."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from qa_train.contract.layout import REPORT_NAME, REPORT_VERSION
+
+
+class RunState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass
+class StageResult:
+    """One stage of this launch. ``skipped``: its output was already committed by an earlier launch."""
+
+    name: str
+    exit_code: int | None = None  # None while the stage runs
+    seconds: float | None = None
+    started_at: float | None = None
+    skipped: bool = False
+
+
+@dataclass
+class RunReport:
+    """What a run says about itself. The controller decides from this and the instance state, never from logs.
+
+    ``launch`` counts the container starts that wrote this report (a resumed run on a new machine adds one).
+    """
+
+    run_name: str
+    state: RunState = RunState.RUNNING
+    stages: list[StageResult] = field(default_factory=list)
+    last_committed_step: int | None = None
+    instance_id: str | None = None
+    backend: str | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    launch: int = 1
+    version: int = REPORT_VERSION
+
+    @property
+    def final(self) -> bool:
+        return self.state in (RunState.SUCCEEDED, RunState.FAILED)
+
+    def failed_stage(self) -> StageResult | None:
+        return next((s for s in self.stages if s.exit_code not in (None, 0)), None)
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["state"] = str(self.state)
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = REPORT_NAME) -> RunReport:
+        """Parse a report; a malformed one raises ``ReportError`` naming the source (never a KeyError)."""
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            fields = StageResult.__dataclass_fields__
+            # unknown keys are dropped, so a report written by a newer container still parses here
+            stages = [
+                StageResult(**{k: v for k, v in s.items() if k in fields}) for s in doc.get("stages") or []
+            ]
+            known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__ and k != "stages"}
+            known["state"] = RunState(known.get("state", "running"))
+            return cls(stages=stages, **known)
+        except (ValueError, TypeError) as e:
+            raise ReportError(f"{source}: not a run report: {e}") from None
+
+    def write_local(self, path: str | Path) -> None:
+        """Atomic for readers (temp file in the same folder, fsync, rename): never a half-written report."""
+        from qa_train.fsutil import atomic_write_text  # torch-free; the launcher never calls this
+
+        atomic_write_text(Path(path), self.to_json())
+
+
+class ReportError(ValueError):
+    """A report that cannot be parsed (names where it was read)."""
+
+
+def report_dict(report: RunReport) -> dict[str, Any]:
+    """The report as plain JSON-able data (for ``status --json``)."""
+    return json.loads(report.to_json())
