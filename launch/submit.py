@@ -463,7 +463,7 @@ class Launcher:
             raise CliError(str(e)) from None
         print(f"ok: {ref}" + (f" ({digest})" if digest else ""))
 
-    # -- data (qa_train/contract.py upload_dir) -----------------------------------------------------------------
+    # -- data (qa_train/contract/store.py upload_dir) -----------------------------------------------------------------
     def upload_data(self, local_dir: str, uri: str) -> None:
         """Upload LOCAL_DIR (or one file) to URI (s3://bucket/prefix), skipping files already there unchanged;
         prints the s3:// URIs to put under ``data:`` in a job spec. Credentials AWS_* (env or *_FILE), endpoint
