@@ -68,18 +68,42 @@ def test_hadolint_catches_a_bad_dockerfile(hadolint: str, tmp_path: Path) -> Non
 
 
 def test_gpu_and_cpu_images_install_the_same_extras() -> None:
+    """The CPU image installs PROJECT_EXTRAS minus CUDA_ONLY; the GPU image installs the lock of the same extras
+    (docker/locks/gpu.txt: tests/test_locks.py checks it against pyproject.toml) plus flash-attn on its own."""
     gpu, cpu = REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"
-    assert _arg_default(gpu, "PROJECT_EXTRAS") == _arg_default(cpu, "PROJECT_EXTRAS")
-    assert _arg_default(gpu, "CUDA_ONLY") == _arg_default(cpu, "CUDA_ONLY")
-    gpu_reqs, cpu_reqs = _installed_requirements(gpu), _installed_requirements(cpu)
-    assert gpu_reqs == cpu_reqs
-    # What the CPU image leaves out, the GPU image installs in its own step (flash-attn: prebuilt or source).
-    for name in _arg_default(gpu, "CUDA_ONLY").split(","):
-        assert re.search(
-            rf"{normalize(name)}==\$\{{FLASH_ATTN_VERSION\}}|{name.replace('-', '_')}-", gpu.read_text()
-        )
+    cpu_reqs = _installed_requirements(cpu)
+    gpu_lock = {
+        normalize(m[1])
+        for line in (REPO / "docker" / "locks" / "gpu.txt").read_text().splitlines()
+        if (m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", line))
+    }
+    assert cpu_reqs <= gpu_lock, f"the GPU lock lacks {cpu_reqs - gpu_lock}"
+    # What the CPU image leaves out, the GPU image installs in its own step (flash-attn: prebuilt or source),
+    # at the version recorded in the lock.
+    text = gpu.read_text()
+    fa = _arg_default(gpu, "FLASH_ATTN_VERSION")
+    assert f"# cuda-only: flash-attn=={fa} " in (REPO / "docker" / "locks" / "gpu.txt").read_text()
+    for name in _arg_default(cpu, "CUDA_ONLY").split(","):
+        assert re.search(rf"{normalize(name)}==\$\{{FLASH_ATTN_VERSION\}}|{name.replace('-', '_')}-", text)
     # Training on CPU still exercises DeepSpeed and bitsandbytes, so both images must carry them.
     assert {"deepspeed", "bitsandbytes", "peft", "torch"} <= cpu_reqs
+
+
+def test_gpu_image_installs_from_the_locks_with_an_eval_venv() -> None:
+    """One GPU image for every stage: /opt/venv from gpu.txt, /opt/eval-venv (vLLM) from eval.txt, both
+    hash-checked; the eval venv gets the project too, and the eval stage finds it through QA_EVAL_PYTHON."""
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    assert "COPY docker/locks/gpu.txt docker/locks/eval.txt /opt/locks/" in text
+    assert "--require-hashes -r /opt/locks/gpu.txt" in text
+    assert "/opt/eval-venv/bin/pip install --no-cache-dir --require-hashes -r /opt/locks/eval.txt" in text
+    assert "COPY --from=build /opt/eval-venv /opt/eval-venv" in text
+    assert "for venv in /opt/venv /opt/eval-venv" in text  # the project + pip check in both
+    assert "QA_EVAL_PYTHON=/opt/eval-venv/bin/python" in text
+    assert "project_requirements.py" not in text  # no unlocked resolution at build time
+    assert "vllm" not in re.sub(r"#.*", "", text.split("eval-venv", 1)[0]).lower()  # not in the training venv
+    from qa_train.run import EVAL_VENV_PYTHON
+
+    assert EVAL_VENV_PYTHON == "/opt/eval-venv/bin/python"
 
 
 def test_extras_helper_rejects_an_unknown_extra(tmp_path: Path) -> None:
@@ -151,3 +175,44 @@ def test_compose_validation_catches_a_broken_file(docker_engine: None, tmp_path:
     bad.write_text("services:\n  x:\n    image: busybox\n    shm_sise: 1g\n")
     problems = _compose_problems(_compose("-f", str(bad), "config", "-q"))
     assert "shm_sise" in problems
+
+
+@pytest.mark.parametrize("job", ["mistral-qa-full", "mistral-qa-lora", "mistral-qa-qlora"])
+def test_shipped_vllm_jobs_eval_in_the_eval_venv(job: str, tmp_path: Path, monkeypatch) -> None:
+    """In the GPU image (QA_EVAL_PYTHON set, the interpreter exists) a shipped job's eval stage runs vLLM in the
+    eval venv; every other stage, and the eval of an hf job, stays on the training interpreter."""
+    import yaml
+
+    from launch.render import render
+    from qa_train.run import build_stages
+    from qa_train.spec import parse_job
+
+    eval_py = tmp_path / "eval-venv" / "bin" / "python"
+    eval_py.parent.mkdir(parents=True)
+    eval_py.write_text("#!/bin/sh\n")
+    eval_py.chmod(0o755)
+    monkeypatch.setenv("QA_EVAL_PYTHON", str(eval_py))
+    spec = {"run_name": "r", **yaml.safe_load((REPO / "jobs" / f"{job}.yaml").read_text())}
+    assert spec["eval"]["inference_type"] == "vllm"
+    r = render(parse_job(spec), "a100")
+    stages = {s.name: s for s in build_stages(r.job, r.plan, "/runs/r/ds_config.json")}
+    ev = stages["eval"].commands[-1] if len(stages["eval"].commands) == 1 else stages["eval"].commands[1]
+    assert ev[:4] == [str(eval_py), "-m", "qa_train", "eval"] and "vllm" in ev
+    for name, stage in stages.items():
+        if name != "eval":
+            assert all(str(eval_py) not in c for c in stage.commands), name
+    spec["eval"]["inference_type"] = "hf"
+    r = render(parse_job(spec), "a100")
+    (hf_eval,) = [s for s in build_stages(r.job, r.plan, "/runs/r/ds_config.json") if s.name == "eval"]
+    assert all(c[0] == sys.executable for c in hf_eval.commands)
+
+
+def test_vllm_eval_without_an_eval_venv_stays_on_this_interpreter(tmp_path: Path, monkeypatch) -> None:
+    """On a CPU machine (no eval venv) the eval stage keeps this python, which gives the clear
+    "needs the vllm package" error (tests/test_eval_cli.py)."""
+    from qa_train import run
+
+    monkeypatch.setenv("QA_EVAL_PYTHON", str(tmp_path / "missing" / "python"))
+    monkeypatch.setattr(run, "EVAL_VENV_PYTHON", str(tmp_path / "also-missing"))
+    assert run.eval_python("vllm") == sys.executable
+    assert run.eval_python("hf") == sys.executable
