@@ -327,8 +327,13 @@ class Launcher:
         except CloudError as e:
             raise CliError(str(e)) from None
         rows = [
-            {**o.to_dict(), "est_hours": round(hours, 2), "est_cost": round(o.price_per_hour * hours, 2),
-             "est_tokens_per_second": round(rate), "est_source": source}
+            {
+                **o.to_dict(),
+                "est_hours": round(hours, 2),
+                "est_cost": round(o.price_per_hour * hours, 2),
+                "est_tokens_per_second": round(rate),
+                "est_source": source,
+            }
             for o in found[:limit]
         ]
         if as_json:
@@ -336,7 +341,9 @@ class Launcher:
             return
         print(f"{n}x {profile.display} for {spec_job.run_name} ({mode_of(spec_job)}), est. {hours:.1f} h")
         print(f"at {rate:,.0f} tokens/s: {source}")
-        print(f"hosts with CUDA ≥ {query.min_cuda or '-'}, RAM ≥ {query.min_ram_gb} GB, vCPUs ≥ {query.min_vcpus}")
+        print(
+            f"hosts with CUDA ≥ {query.min_cuda or '-'}, RAM ≥ {query.min_ram_gb} GB, vCPUs ≥ {query.min_vcpus}"
+        )
         print(f"{'cloud':<8} {'offer':<24} {'gpu':<22} {'n':>2} {'$/h':>8} {'reliab.':>7} {'est. $':>8}")
         for r in rows:
             rel = f"{r['reliability']:.3f}" if r["reliability"] is not None else "-"
@@ -517,15 +524,35 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, indent=2, default=str)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time: ``main`` runs many times in one process (tests,
+    embedding), and a handler bound to the first call's stderr would write to a closed stream later."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
+def _log_to_stderr(level: str) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success, 2 for bad input (unknown flag or command, bad value, spec, plan or secret: nothing
     was rendered, recorded or rented), 1 for a runtime failure (backend, API, registry); one ``error:`` line."""
     from pydantic import ValidationError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=os.environ.get("QA_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
-    )
+    _log_to_stderr(os.environ.get("QA_LOG_LEVEL", "WARNING"))
     install_log_redaction()  # every secret value the launcher sees is redacted from every log line
     runs_dir = os.environ.get("QA_RUNS_ROOT", "runs")
     import fire
