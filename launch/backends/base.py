@@ -114,6 +114,17 @@ class AmbiguousCreate(CloudError):
         self.instance_id = instance_id
 
 
+def api_key(cloud: str, env_name: str, given: str | None = None) -> str:
+    """A cloud's API key: ``given``, else ``env_name`` or ``<env_name>_FILE`` read and checked like every launcher
+    secret (a control character is refused by name); none → one CloudError saying what to set."""
+    from launch.credentials import load_secrets
+
+    key = given or load_secrets((env_name,)).get(env_name)
+    if not key:
+        raise CloudError(f"{cloud}: no API key (set {env_name} or {env_name}_FILE)", cloud=cloud)
+    return key
+
+
 class Compute(ABC):
     """One cloud's instances. Implementations: ``launch/backends/{local,vast,runpod}/compute.py``."""
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from launch.backends import base
 from launch.backends.base import (
     ACTIVE_STATES,
     AmbiguousCreate,
@@ -37,7 +38,6 @@ from launch.backends.base import (
 )
 from launch.backends.follow import TailFollower
 from launch.backends.runpod.api import RunpodApi, RunpodApiError
-from launch.credentials import load_secrets
 
 logger = logging.getLogger(__name__)
 NO_CAPACITY_MARKERS = ("no longer any instances available", "no instances currently available")
@@ -92,11 +92,7 @@ class RunpodCompute(Compute):
         retries: int = 5,
         backoff: float = 0.5,
     ):
-        key = api_key or load_secrets(("RUNPOD_API_KEY",)).get(
-            "RUNPOD_API_KEY"
-        )  # env or RUNPOD_API_KEY_FILE, checked
-        if not key:
-            raise CloudError("runpod: no API key (set RUNPOD_API_KEY or RUNPOD_API_KEY_FILE)", cloud="runpod")
+        key = base.api_key("runpod", "RUNPOD_API_KEY", api_key)
         self.api = RunpodApi(key, api_url, retries=retries, backoff=backoff)
         self.cloud_type = cloud_type
         self.bid_markup = bid_markup

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from launch.backends import base
 from launch.backends.base import (
     ACTIVE_STATES,
     AmbiguousCreate,
@@ -35,7 +36,6 @@ from launch.backends.base import (
 )
 from launch.backends.follow import TailFollower
 from launch.backends.vast.api import VastApi, VastApiError
-from launch.credentials import load_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +118,7 @@ class VastCompute(Compute):
         retries: int = 5,
         backoff: float = 0.5,
     ):
-        key = api_key or load_secrets(("VAST_API_KEY",)).get(
-            "VAST_API_KEY"
-        )  # env or VAST_API_KEY_FILE, checked
-        if not key:
-            raise CloudError("vast: no API key (set VAST_API_KEY or VAST_API_KEY_FILE)", cloud="vast")
+        key = base.api_key("vast", "VAST_API_KEY", api_key)
         self.api = VastApi(key, api_url, retries=retries, backoff=backoff)
         self.min_reliability = min_reliability
         self.bid_markup = bid_markup
