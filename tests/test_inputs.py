@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from qa_train.contract import upload_dir
 from qa_train.inputs import InputError, fetch_input, local_path_for
+from tests.loopback import LoopbackServer
 
 BODY = json.dumps([{"id": i} for i in range(200)]).encode()
 
@@ -69,14 +69,11 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
+        self.url = self._http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 @pytest.fixture

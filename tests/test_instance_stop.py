@@ -7,15 +7,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from qa_train.contract import RunLayout, RunStore
 from qa_train.instance_stop import plan_stop, stop_self
+from tests.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "instance-scoped-key-0123456789"
@@ -50,13 +50,11 @@ class CloudApi:
 
             do_PUT = do_POST = do_GET = _any  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
+        self.url = self._http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()
 
 
 @pytest.fixture
