@@ -24,6 +24,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urljoin, urlparse
 
 from qa_train.contract import hub_endpoint, hub_file_url, input_kind, split_s3_uri
+from qa_train.fsutil import atomic_path
 
 logger = logging.getLogger("qa_train.inputs")
 ENV_CACHE = "QA_INPUT_CACHE"  # overrides ~/.cache/qa_train/inputs
@@ -249,12 +250,13 @@ def _write_atomically(
     progress: bool,
 ) -> None:
     """Write to a temp file beside ``target``, check the size, rename: the cache never holds a partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     written = 0
     bar = _bar(expected, f"fetch {target.name}", progress)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with (
+            atomic_path(target) as tmp,
+            open(tmp, "wb") as fh,
+        ):  # renamed into place only when all checks pass
 
             def write(chunk: bytes) -> None:
                 nonlocal written
@@ -270,15 +272,12 @@ def _write_atomically(
                     f"{what}: {uri}: size mismatch: connection closed after {written} of {expected} bytes"
                 ) from None
             fh.flush()
-            os.fsync(fh.fileno())
-        if expected is not None and written != expected:
-            raise InputError(f"{what}: {uri}: size mismatch: got {written} bytes, expected {expected}")
-        os.replace(tmp, target)
+            if expected is not None and written != expected:
+                raise InputError(f"{what}: {uri}: size mismatch: got {written} bytes, expected {expected}")
         logger.info("%s: fetched %s (%d bytes) to %s", what, uri, written, target)
     finally:
         if bar is not None:
             bar.close()
-        Path(tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------- S3
