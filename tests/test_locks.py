@@ -61,7 +61,9 @@ def test_gpu_lock_covers_pyproject() -> None:
     reqs = project_requirements(REPO / "pyproject.toml", ["gpu"], [])
     lock = read_lock("gpu.txt", cuda_only=True)
     check_specifiers(lock, reqs, "gpu.txt")
-    assert "+" not in lock["torch"] and any(n.startswith("nvidia-") for n in lock), "gpu.txt: not a CUDA torch"
+    assert "+" not in lock["torch"] and any(n.startswith("nvidia-") for n in lock), (
+        "gpu.txt: not a CUDA torch"
+    )
     assert "vllm" not in lock, "vLLM belongs to the eval venv (eval.txt), not the training venv"
 
 
