@@ -97,6 +97,7 @@ def test_push_then_check(base_image, registry: LocalRegistry):
     assert check_image(f"{registry.address}/qa/base@{pushed.digest}") == pushed.digest
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_missing_tag_and_missing_repository_are_not_found(base_image, registry: LocalRegistry):
     ref = registry.ref("qa/base", _tag())
@@ -147,6 +148,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
                           text=True, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_cli_push_and_check_image_with_credentials_from_env(
     base_image, auth_registry: LocalRegistry, tmp_path
