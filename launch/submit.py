@@ -46,6 +46,7 @@ from launch.jobs.state import JobOptions, JobRow, JobState, Registry, RegistryEr
 from launch.jobs.status import job_status, status_lines, summary  # noqa: E402
 from launch.render import PlanError, mode_of, preemption_bound_line, render, with_save_bound  # noqa: E402
 from qa_train.contract import SPEC_NAME, RunReport  # noqa: E402
+from qa_train.logs import setup_logging  # noqa: E402
 from qa_train.spec import RenderedSpec, SpecError, load_job, parse_rendered  # noqa: E402
 
 logger = logging.getLogger("launch")
@@ -524,35 +525,14 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, indent=2, default=str)
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at emit time: ``main`` runs many times in one process (tests,
-    embedding), and a handler bound to the first call's stderr would write to a closed stream later."""
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:  # noqa: ANN001
-        pass
-
-
-def _log_to_stderr(level: str) -> None:
-    root = logging.getLogger()
-    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success, 2 for bad input (unknown flag or command, bad value, spec, plan or secret: nothing
     was rendered, recorded or rented), 1 for a runtime failure (backend, API, registry); one ``error:`` line."""
     from pydantic import ValidationError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    _log_to_stderr(os.environ.get("QA_LOG_LEVEL", "WARNING"))
+    level = os.environ.get("QA_LOG_LEVEL", "WARNING").upper()
+    setup_logging(level, "%(levelname)s %(name)s: %(message)s", None, defer_to_host=False)
     install_log_redaction()  # every secret value the launcher sees is redacted from every log line
     runs_dir = os.environ.get("QA_RUNS_ROOT", "runs")
     import fire

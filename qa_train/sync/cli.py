@@ -9,6 +9,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from qa_train.logs import setup_logging
+
 from .manifest import MANIFEST_NAME, ManifestError
 from .storage import CredentialValueError, S3Location, SyncError, check_access, make_client, scrub
 
@@ -79,8 +81,7 @@ def _pull(client: object, loc: S3Location, dest: Path, progress: bool, endpoint_
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
+    setup_logging(datefmt=None)
     try:
         loc = S3Location.parse(args.uri)
         client = make_client(args.endpoint_url)

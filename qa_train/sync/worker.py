@@ -92,12 +92,9 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-    )
+    from qa_train.logs import setup_logging
+
+    setup_logging()
     import signal
 
     # The training process decides what a SIGTERM/SIGINT means (save and commit within the grace, or stop):
