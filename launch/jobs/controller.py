@@ -36,7 +36,7 @@ from launch.backends.base import (
 from launch.jobs.lease import Lease
 from launch.jobs.offers import Cancelled, Launched, OfferWalk, destroy, offer_keys
 from launch.jobs.plan import JobPlan
-from launch.jobs.recovery import Action, Decision, Observation, RecoveryPolicy
+from launch.jobs.recovery import Action, Decision, Observation, RecoveryPolicy, usd
 from launch.jobs.state import JobState, Registry
 from qa_train.contract import RunReport
 
@@ -316,7 +316,7 @@ class Controller:
             return
         cap = self.policy.max_cost_usd
         assert cap is not None
-        text = (f"{BUDGET_WARNING}: ${spent:.2f} spent of max_cost ${cap:.2f} "
+        text = (f"{BUDGET_WARNING}: {usd(spent)} spent of max_cost {usd(cap)} "
                 f"({100 * spent / cap:.0f}%); the job is stopped at the cap")  # fmt: skip
         self.reg.note(self.job_id, text)
         logger.warning("%s: %s", self.job_id, text)

@@ -27,6 +27,11 @@ class Action(StrEnum):
     STOP_BUDGET = "stop_budget"  # --max_cost reached: ask the container to checkpoint, then destroy and end
 
 
+def usd(amount: float) -> str:
+    """Dollars for a message: cents, or four decimals below a cent (a $0.0005 cap must not read "$0.00")."""
+    return f"${amount:,.2f}" if amount == 0 or abs(amount) >= 0.01 else f"${amount:.4f}"
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
@@ -107,7 +112,7 @@ class RecoveryPolicy:
 
     def budget_reason(self, spent_usd: float) -> str:
         assert self.max_cost_usd is not None
-        return f"max_cost ${self.max_cost_usd:.2f} reached (${spent_usd:.2f} spent over every launch)"
+        return f"max_cost {usd(self.max_cost_usd)} reached ({usd(spent_usd)} spent over every launch)"
 
     def _lost(self, obs: Observation, why: str) -> Decision:
         """A machine that lost the job (preempted, failed, killed) is blocklisted: the next launch prefers
