@@ -334,6 +334,9 @@ class Reporter:
         self._warned: set[str] = set()
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
+        # run before the final report.json is published: the controller destroys the instance once it reads
+        # a final report, so anything uploaded after that (the HTML run report) could be cut off
+        self.before_final: Callable[[], None] | None = None
         prev = self._previous()
         self.report = RunReport(
             run_name=job.run_name,
@@ -363,7 +366,7 @@ class Reporter:
             pass
         return max(found, key=lambda r: r.launch) if found else None
 
-    def write(self) -> None:
+    def write(self, upload: bool = True) -> None:
         with self._lock:
             self.report.updated_at = time.time()
             text = self.report.to_json()
@@ -371,7 +374,7 @@ class Reporter:
                 atomic_write_text(self.local_path, text)
             except OSError as e:
                 self._warn_once(f"cannot write {self.local_path}", e)
-            if self.store is not None:
+            if upload and self.store is not None:
                 try:
                     self.store.put_text(REPORT_NAME, text)
                 except Exception as e:  # noqa: BLE001 - see the class docstring
@@ -436,6 +439,9 @@ class Reporter:
         with self._lock:
             self.report.state = RunState.SUCCEEDED if ok else RunState.FAILED
             self.report.error = error
+        if self.before_final is not None:
+            self.write(upload=False)  # the local report.json already says how it ended, for before_final
+            self.before_final()
         self.write()
 
     def interrupted(self, code: int) -> None:
@@ -743,15 +749,15 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _Child.handler)
     reporter = Reporter(job, run_dir)
+    from qa_train.report_html import make_run_report  # report.html + plots, also to <run>/report/
+
+    reporter.before_final = lambda: make_run_report(run_dir, reporter.store)
     try:
         code = run_stages(stages, run_dir / "run_summary.json", reporter)
     except SystemExit as e:  # a signal: not final, no self-stop
         reporter.unwatch()
         reporter.interrupted(int(e.code or 1) if not isinstance(e.code, str) else 1)
         raise
-    from qa_train.report_html import make_run_report  # report.html + plots, also to <run>/report/
-
-    make_run_report(run_dir, reporter.store)
     from qa_train.instance_stop import stop_self
 
     stop_self()

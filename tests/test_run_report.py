@@ -81,6 +81,23 @@ def test_report_follows_every_stage_and_ends_succeeded(s3, tmp_path, monkeypatch
     assert local == final
 
 
+def test_run_report_pages_are_uploaded_before_the_final_report(s3, tmp_path):
+    """The controller destroys the instance once it reads a final report.json: the HTML report must already
+    be in storage then. ``before_final`` sees the local report final and the stored one still running."""
+    job = parse_job(_job(s3, tmp_path))
+    reporter = Reporter(job, tmp_path / "out" / "rep")
+    seen: list[tuple[RunState, RunState]] = []
+
+    def render() -> None:
+        local = RunReport.from_json(reporter.local_path.read_text())
+        seen.append((local.state, _store(s3).read_report().state))
+
+    reporter.before_final = render
+    assert run_stages([Stage("train", [_ok("t")])], None, reporter) == 0
+    assert seen == [(RunState.SUCCEEDED, RunState.RUNNING)]
+    assert _store(s3).read_report().state is RunState.SUCCEEDED
+
+
 def test_failed_stage_is_named_and_relaunch_counts(s3, tmp_path):
     job = parse_job(_job(s3, tmp_path))
     bad = [PY, "-c", "import sys; sys.exit(5)"]
