@@ -85,6 +85,14 @@ class TrainingArguments(HfTrainingArguments):
             "string ('begin function call', …); mean: at the mean of all rows (the former behaviour)"
         },
     )
+    logging_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "TensorBoard event files (--report_to tensorboard; default <output_dir>/tb), synced under "
+            "<run>/tb/ at every save with --sync_to. transformers 5 dropped this flag for the "
+            "TENSORBOARD_LOGGING_DIR variable: train sets that from it"
+        },
+    )
     save_every_minutes: float = field(
         default=0,
         metadata={

@@ -390,6 +390,7 @@ def run(argv: list[str]) -> dict[str, Any]:
 
     model_args, data_args, training_args, sync_args = parse_train_args(argv)
     training_args.report_to = split_trackers(training_args.report_to)
+    _tensorboard_logging_dir(training_args)
     _setup_logging(training_args)
     guard = PreemptionGuard(
         save_every_minutes=training_args.save_every_minutes,
@@ -503,6 +504,17 @@ def split_trackers(report_to: list[str] | None) -> list[str]:
     """HF's parser takes one ``--report_to`` value: several trackers come comma-joined (as ``qa_train run``
     passes them); the Trainer wants a list."""
     return [n.strip() for r in report_to or [] for n in r.split(",") if n.strip() and n.strip() != "none"]
+
+
+def _tensorboard_logging_dir(args: Any) -> None:
+    """A fixed TensorBoard folder (``--logging_dir``, else ``<output_dir>/tb``) so sync knows what to push:
+    transformers 5 takes it from ``TENSORBOARD_LOGGING_DIR``, else a time-and-host-named folder of its own."""
+    if "tensorboard" not in (args.report_to or []):
+        return
+    from qa_train.contract import TB
+
+    args.logging_dir = str(args.logging_dir or Path(args.output_dir) / TB)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = args.logging_dir
 
 
 def _tensorboard_dir(trainer: Any) -> Path | None:

@@ -67,9 +67,10 @@ def test_hadolint_catches_a_bad_dockerfile(hadolint: str, tmp_path: Path) -> Non
     assert r.returncode != 0 and "DL3" in r.stdout
 
 
-def test_gpu_and_cpu_images_install_the_same_extras() -> None:
-    """The CPU image installs PROJECT_EXTRAS minus CUDA_ONLY; the GPU image installs the lock of the same extras
-    (docker/locks/gpu.txt: tests/test_locks.py checks it against pyproject.toml) plus flash-attn on its own."""
+def test_the_gpu_image_carries_everything_the_cpu_image_does() -> None:
+    """The CPU image installs PROJECT_EXTRAS minus CUDA_ONLY; the GPU image installs its lock (docker/locks/gpu.txt,
+    extras gpu + tracking: tests/test_locks.py checks it against pyproject.toml), a superset, plus flash-attn on
+    its own."""
     gpu, cpu = REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"
     cpu_reqs = _installed_requirements(cpu)
     gpu_lock = {

@@ -48,8 +48,29 @@ def check_specifiers(lock: dict[str, str], reqs: list[str], lock_name: str) -> N
         ), f"{lock_name}: {name}=={lock[name]} does not satisfy pyproject's {r}: run scripts/lock.sh"
 
 
+def lock_extras(image: str) -> list[str]:
+    """The extras scripts/lock.sh resolves for an image (CPU_EXTRAS / GPU_EXTRAS there)."""
+    m = re.search(rf"^{image}_EXTRAS=(\S+)$", (REPO / "scripts" / "lock.sh").read_text(), flags=re.M)
+    assert m, f"scripts/lock.sh: no {image}_EXTRAS="
+    return m[1].split(",")
+
+
+def test_images_carry_the_tracking_integrations() -> None:
+    """training.report_to reaches the Trainer's integrations: tensorboard in the CPU image (and this venv), the
+    three in the GPU image."""
+    assert {"gpu", "tensorboard"} <= set(lock_extras("CPU")) and {"gpu", "tracking"} <= set(
+        lock_extras("GPU")
+    )
+    assert "tensorboard" in read_lock("cpu.txt")
+    cpu_image = re.search(
+        r"^ARG PROJECT_EXTRAS=(\S+)$", (REPO / "docker" / "Dockerfile.cpu").read_text(), re.M
+    )
+    assert cpu_image and cpu_image[1].split(",") == lock_extras("CPU"), "Dockerfile.cpu installs other extras"
+    assert {"tensorboard", "wandb", "mlflow-skinny"} <= set(read_lock("gpu.txt"))
+
+
 def test_cpu_lock_covers_pyproject() -> None:
-    reqs = project_requirements(REPO / "pyproject.toml", ["gpu"], ["flash-attn"])
+    reqs = project_requirements(REPO / "pyproject.toml", lock_extras("CPU"), ["flash-attn"])
     lock = read_lock("cpu.txt")
     check_specifiers(lock, reqs, "cpu.txt")
     # The CPU build of the torch on this machine's disk (.ci/run installs torch==2.13.0 first).
@@ -58,7 +79,7 @@ def test_cpu_lock_covers_pyproject() -> None:
 
 
 def test_gpu_lock_covers_pyproject() -> None:
-    reqs = project_requirements(REPO / "pyproject.toml", ["gpu"], [])
+    reqs = project_requirements(REPO / "pyproject.toml", lock_extras("GPU"), [])
     lock = read_lock("gpu.txt", cuda_only=True)
     check_specifiers(lock, reqs, "gpu.txt")
     assert "+" not in lock["torch"] and any(n.startswith("nvidia-") for n in lock), (

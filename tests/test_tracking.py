@@ -3,11 +3,12 @@ env (names in the spec, never values), and TensorBoard event files under ``<run>
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from qa_train.contract import TB
 from qa_train.run import default_plan, train_flags
 from qa_train.spec import SpecError, parse_job
 from qa_train.sync import SyncSession
-from qa_train.sync.storage import S3Location
+from qa_train.sync.storage import S3Location, make_client
+from qa_train.sync.tb_push import TensorBoardPusher
 from tests.conftest import REPO
+from tests.test_sync_train import Proc
 
 BASE = {
     "run_name": "t",
@@ -27,7 +30,6 @@ BASE = {
     "data": {"train_path": "/data/t.json"},
     "stages": ["train"],
 }
-HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 
 def job(**training):
@@ -121,37 +123,47 @@ def test_train_parses_the_comma_joined_trackers_and_none():
 
 
 # -- TensorBoard files to <run>/tb/ --------------------------------------------------------------------------
-class FakeClient:
-    def __init__(self, fail: bool = False) -> None:
-        self.put: list[tuple[str, str]] = []
-        self.fail = fail
-
-    def upload_file(self, path: str, bucket: str, key: str) -> None:
-        if self.fail:
-            raise OSError("connection refused")
-        self.put.append((bucket, key))
-
-
-def _events(d: Path, name: str) -> Path:
+def _events(d: Path, name: str, data: bytes = b"\x18\x00\x00\x00events") -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    (d / name).write_bytes(b"\x18\x00\x00\x00events")
+    (d / name).write_bytes(data)
     return d
 
 
-def test_push_tb_uploads_every_file_under_run_tb_and_a_failure_is_a_warning(tmp_path, caplog):
+def _tb_keys(s3, run: S3Location) -> dict[str, int]:
+    listed = s3.client().list_objects_v2(Bucket=run.bucket, Prefix=f"{run.prefix}/{TB}/").get("Contents", [])
+    return {o["Key"][len(run.prefix) + len(TB) + 2 :]: o["Size"] for o in listed}
+
+
+def test_pusher_sends_new_and_grown_files_only(s3, tmp_path):
+    run = S3Location.parse(s3.uri("runs/p"))
     tb = _events(tmp_path / "tb", "events.out.tfevents.1.host.1")
     _events(tb / "eval", "events.out.tfevents.2.host.1")
-    client = FakeClient()
-    session = SyncSession(run=S3Location("b", "runs/r"), client=client)
-    assert session.push_tb(tb) == "s3://b/runs/r/tb"
-    assert sorted(client.put) == [("b", "runs/r/tb/eval/events.out.tfevents.2.host.1"),
-                                  ("b", "runs/r/tb/events.out.tfevents.1.host.1")]  # fmt: skip
-    assert session.push_tb(tmp_path / "missing") is None and session.push_tb(None) is None
+    pusher = TensorBoardPusher(s3.client(), run.child(TB), tb)
+    assert pusher.push() == 2
+    assert _tb_keys(s3, run) == {"events.out.tfevents.1.host.1": 10, "eval/events.out.tfevents.2.host.1": 10}
+    assert pusher.push() == 0, "unchanged files went again"
+    with (tb / "events.out.tfevents.1.host.1").open("ab") as f:  # the writer appends scalars
+        f.write(b"more")
+    assert pusher.push() == 1 and _tb_keys(s3, run)["events.out.tfevents.1.host.1"] == 14
+    pusher.request()  # the background path: the same push, from the callback's thread
+    _events(tb, "events.out.tfevents.3.host.1")
+    pusher.request()
+    pusher.close()
+    assert "events.out.tfevents.3.host.1" in _tb_keys(s3, run)
+
+
+def test_push_tb_failure_is_a_warning_and_nothing_without_a_target(s3, tmp_path, caplog):
+    tb = _events(tmp_path / "tb", "events.out.tfevents.1.host.1")
     assert SyncSession().push_tb(tb) is None  # no sync target: nothing to do
-    broken = SyncSession(run=S3Location("b", "runs/r"), client=FakeClient(fail=True))
+    run = S3Location.parse(s3.uri("runs/r"))
+    assert SyncSession(run=run, client=s3.client()).push_tb(tmp_path / "missing") is None
+    with socket.socket() as sock:  # a port nothing listens on: a real connection error
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    broken = SyncSession(run=run, client=make_client(f"http://127.0.0.1:{port}", max_attempts=1))
     with caplog.at_level(logging.WARNING, logger="qa_train.sync"):
         assert broken.push_tb(tb) is None
-    assert "TensorBoard logs not uploaded" in caplog.text and "connection refused" in caplog.text
+    assert "TensorBoard logs not uploaded" in caplog.text and f"127.0.0.1:{port}" in caplog.text
 
 
 def test_push_tb_to_seaweedfs_keeps_an_earlier_launchs_files(s3, tmp_path):
@@ -169,26 +181,71 @@ def test_push_tb_to_seaweedfs_keeps_an_earlier_launchs_files(s3, tmp_path):
     ]
 
 
+def _train_cmd(model: Path, data: Path, out: Path, sync_to: str, run_name: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "qa_train", "train", "--model_name_or_path", str(model), "--train_path", str(data),
+        "--output_dir", str(out), "--logging_steps", "1", "--per_device_train_batch_size", "2", "--packing",
+        "False", "--model_max_length", "256", "--use_cpu", "True", "--seed", "0", "--disable_tqdm", "True",
+        "--report_to", "tensorboard", "--sync_to", sync_to, "--run_name", run_name, *extra,
+    ]  # fmt: skip
+
+
+def _scalars(s3, run: S3Location, dest: Path, tag: str = "train/loss") -> list[int]:
+    """Steps of ``tag`` in the event files stored under <run>/tb/ (downloaded, read with TensorBoard)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps: list[int] = []
+    for rel in _tb_keys(s3, run):
+        local = dest / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        s3.client().download_file(run.bucket, f"{run.prefix}/{TB}/{rel}", str(local))
+        acc = EventAccumulator(str(local))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars(tag)]
+    return sorted(steps)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed in this environment (the CPU image "
-                    "carries it); the Trainer's TensorBoard callback needs it")  # fmt: skip
 def test_train_with_report_to_tensorboard_lands_event_files_under_run_tb(
     s3, tiny_llama, records_file, tmp_path
 ):
+    """No --logging_dir: the events go to <output_dir>/tb (transformers 5 would pick a folder of its own)."""
     out = tmp_path / "out"
-    cmd = [
-        sys.executable, "-m", "qa_train", "train", "--model_name_or_path", str(tiny_llama), "--train_path",
-        str(records_file), "--output_dir", str(out), "--max_steps", "3", "--save_strategy", "no",
-        "--logging_steps", "1", "--per_device_train_batch_size", "2", "--packing", "False",
-        "--model_max_length", "256", "--use_cpu", "True", "--seed", "0", "--disable_tqdm", "True",
-        "--report_to", "tensorboard", "--logging_dir", str(out / TB), "--sync_to", s3.uri("runs"),
-        "--run_name", "tbrun",
-    ]  # fmt: skip
+    cmd = _train_cmd(tiny_llama, records_file, out, s3.uri("runs"), "tbrun", "--max_steps", "3",
+                     "--save_strategy", "no")  # fmt: skip
     p = subprocess.run(cmd, cwd=REPO, env=s3.env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     local = [f for f in (out / TB).rglob("events.out.tfevents.*") if f.stat().st_size > 0]
-    assert local, "no TensorBoard event files written"
+    assert local, f"no TensorBoard event files under {out / TB}"
     run = S3Location.parse(s3.uri("runs/tbrun"))
-    listed = s3.client().list_objects_v2(Bucket=run.bucket, Prefix=f"{run.prefix}/{TB}/").get("Contents", [])
-    names = {o["Key"].rsplit("/", 1)[-1]: o["Size"] for o in listed}
-    assert {f.name: f.stat().st_size for f in local}.items() <= names.items()
+    stored = _tb_keys(s3, run)
+    assert {f.relative_to(out / TB).as_posix(): f.stat().st_size for f in local}.items() <= stored.items()
+    assert _scalars(s3, run, tmp_path / "dl") == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_killed_run_has_its_curves_in_storage_up_to_its_last_save(s3, tiny_llama, records_file, tmp_path):
+    """Pushed at each save, not only at the end: SIGKILL (a preemption without grace) after the step-4 save,
+    and the stored events already hold the loss of steps 1..4."""
+    out = tmp_path / "out"
+    cmd = _train_cmd(tiny_llama, records_file, out, s3.uri("runs"), "tbkill", "--max_steps", "400",
+                     "--save_steps", "2", "--logging_dir", str(tmp_path / "tb-here"))  # fmt: skip
+    proc = Proc(cmd, {**s3.env, "PYTHONUNBUFFERED": "1"})
+    run = S3Location.parse(s3.uri("runs/tbkill"))
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.p.poll() is None:
+            if "Queued upload of checkpoint-6" in proc.output:  # the step-4 save's push came before it
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no checkpoint-6 save seen: {proc.output[-3000:]}")
+        time.sleep(1.0)  # the push runs on its own thread
+    finally:
+        proc.p.kill()
+        proc.wait()
+    assert "Uploaded" in proc.output and "TensorBoard file(s)" in proc.output, proc.output[-3000:]
+    assert not (out / TB).exists() and (tmp_path / "tb-here").is_dir(), "--logging_dir not honoured"
+    steps = _scalars(s3, run, tmp_path / "dl")
+    assert set(range(1, 5)) <= set(steps), steps

@@ -81,6 +81,7 @@ class SyncSession:
     client: Any = None
     endpoint_url: str | None = None
     uploader: Any = None  # BackgroundUploader on world rank 0 when syncing
+    tb: Any = None  # TensorBoardPusher on world rank 0 when syncing with --report_to tensorboard
 
     def committed_final(self) -> Any:
         """The run's ``final/`` folder when it is committed (manifest present, every file there with its
@@ -100,27 +101,30 @@ class SyncSession:
         return RemoteTokenCache(self.client, self.run, self.endpoint_url, progress=progress)
 
     def push_tb(self, tb_dir: Path | None) -> str | None:
-        """TensorBoard event files → ``<run>/tb/``, file by file, never deleting: each launch writes event
-        files of its own name (time, host, pid), so a relaunch adds its curves to the earlier launches' instead
-        of replacing them (a manifest-committed push would delete them as stale). Never fails the run: they are
-        for people; a failed upload is a warning. Returns the URI when pushed."""
+        """The last TensorBoard push (``tb_push``: files that changed since the pushes during training), after
+        the writers closed. Never fails the run: they are for people; a failed upload is a warning. Returns
+        the URI when anything is there."""
         if self.client is None or self.run is None or tb_dir is None:
-            return None
-        tb_dir = Path(tb_dir)
-        files = sorted(p for p in tb_dir.rglob("*") if p.is_file()) if tb_dir.is_dir() else []
-        if not files:
             return None
         from qa_train.contract import TB
 
-        dest = self.run.child(TB)
+        from .tb_push import TensorBoardPusher
+
+        pusher = self.tb
+        if pusher is None or pusher.tb_dir != Path(tb_dir):
+            pusher = TensorBoardPusher(self.client, self.run.child(TB), Path(tb_dir))
+        pusher.close()
         try:
-            for f in files:
-                self.client.upload_file(str(f), dest.bucket, dest.key(f.relative_to(tb_dir).as_posix()))
+            pusher.push()
         except Exception as exc:  # SyncError or a botocore error: keep training's outcome as it is
-            logger.warning("TensorBoard logs not uploaded to %s (kept at %s): %s", dest.uri, tb_dir, exc)
+            logger.warning(
+                "TensorBoard logs not uploaded to %s (kept at %s): %s", pusher.dest.uri, tb_dir, exc
+            )
             return None
-        logger.info("Uploaded TensorBoard logs to %s", dest.uri)
-        return dest.uri
+        if not pusher.files_sent:
+            return None
+        logger.info("Uploaded TensorBoard logs to %s", pusher.dest.uri)
+        return pusher.dest.uri
 
     def finish(
         self,
@@ -200,6 +204,14 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
                 max_mbps=sync_args.sync_max_mbps,
             )
             session.callbacks.append(S3SyncCallback(session.uploader))
+            tb_dir = getattr(training_args, "logging_dir", None)
+            if tb_dir and "tensorboard" in (training_args.report_to or []):
+                from qa_train.contract import TB
+
+                from .tb_push import TensorBoardPusher, TensorBoardSyncCallback
+
+                session.tb = TensorBoardPusher(session.client, session.run.child(TB), Path(tb_dir))
+                session.callbacks.append(TensorBoardSyncCallback(session.tb))
     if resume not in (None, "never"):
         from botocore.exceptions import BotoCoreError, ClientError
 
