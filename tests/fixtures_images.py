@@ -48,8 +48,8 @@ def cpu_image(docker_engine) -> str:
         client.images.get(BASE)
     except docker.errors.ImageNotFound:
         _run(["bash", "scripts/seed-base-image.sh"], timeout=1800)
-    if not list((REPO / "docker" / "wheels").glob("torch-*.whl")):
-        _run(["bash", "scripts/build-wheelhouse.sh"], timeout=3600)
+    # every time: seconds when the wheels are there, and a lock change (a new package) reaches the image
+    _run(["bash", "scripts/build-wheelhouse.sh"], timeout=3600)
     _run(["docker", "build", "-f", "docker/Dockerfile.cpu", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}",
           "--build-arg", "PIP_OFFLINE=1", "-t", DEFAULT_TAG, "."], timeout=3600)  # fmt: skip
     return DEFAULT_TAG

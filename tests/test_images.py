@@ -30,7 +30,7 @@ from launch.images import (
 if TYPE_CHECKING:
     from tests.fixtures_registry import LocalRegistry
 
-pytest_plugins = ["tests.fixtures_registry"]  # the `registry` and `auth_registry` fixtures
+pytest_plugins = ["tests.fixtures_registry", "tests.fixtures_images"]  # registry, auth_registry, cpu_image
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "qa-expert/base:bookworm"  # seeded by scripts/seed-base-image.sh; small (one layer)
@@ -175,3 +175,17 @@ def test_cli_push_and_check_image_with_credentials_from_env(
     assert p.returncode == 1 and "not found" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = _cli(["push", "--to", ref, "--image", "qa-expert/no-such-image:1"], good)
     assert p.returncode == 1 and "no such local image" in p.stderr
+
+
+@pytest.mark.slow
+def test_cpu_image_carries_the_locked_packages_it_promises(cpu_image: str) -> None:
+    """tensorboard (``training.report_to``), DeepSpeed and bitsandbytes, at the CPU lock's versions."""
+    from tests.test_locks import read_lock
+
+    lock = read_lock("cpu.txt")
+    names = ["tensorboard", "deepspeed", "bitsandbytes", "transformers"]
+    code = "import importlib.metadata as m, json, sys; print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+    p = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", cpu_image, "-c",
+                        code, *names], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout) == {n: lock[n] for n in names}
