@@ -226,22 +226,24 @@ def test_train_with_report_to_tensorboard_lands_event_files_under_run_tb(
 
 @pytest.mark.slow
 def test_a_killed_run_has_its_curves_in_storage_up_to_its_last_save(s3, tiny_llama, records_file, tmp_path):
-    """Pushed at each save, not only at the end: SIGKILL (a preemption without grace) after the step-4 save,
-    and the stored events already hold the loss of steps 1..4."""
+    """Pushed at each save, not only at the end: SIGKILL (a preemption without grace) after the pushes that
+    follow the step-2 and step-4 saves, and the stored events already hold the loss of steps 1..4."""
     out = tmp_path / "out"
-    cmd = _train_cmd(tiny_llama, records_file, out, s3.uri("runs"), "tbkill", "--max_steps", "400",
+    cmd = _train_cmd(tiny_llama, records_file, out, s3.uri("runs"), "tbkill", "--max_steps", "100000",
                      "--save_steps", "2", "--logging_dir", str(tmp_path / "tb-here"))  # fmt: skip
     proc = Proc(cmd, {**s3.env, "PYTHONUNBUFFERED": "1"})
     run = S3Location.parse(s3.uri("runs/tbkill"))
+
+    def pushed_twice() -> bool:  # the second push follows the step-4 save at the earliest
+        return (
+            "Queued upload of checkpoint-4" in proc.output and proc.output.count("TensorBoard file(s)") >= 2
+        )
+
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.p.poll() is None:
-            if "Queued upload of checkpoint-6" in proc.output:  # the step-4 save's push came before it
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"no checkpoint-6 save seen: {proc.output[-3000:]}")
-        time.sleep(1.0)  # the push runs on its own thread
+        while time.monotonic() < deadline and proc.p.poll() is None and not pushed_twice():
+            time.sleep(0.1)
+        assert pushed_twice(), f"no two TensorBoard pushes seen: {proc.output[-3000:]}"
     finally:
         proc.p.kill()
         proc.wait()
