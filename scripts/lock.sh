@@ -28,8 +28,8 @@ CPU_TORCH=${CPU_TORCH:-2.13.0}
 FLASH_ATTN_VERSION=${FLASH_ATTN_VERSION:-2.8.3}
 VLLM_VERSION=${VLLM_VERSION:-0.33.0}
 # The extras each image carries (docker/Dockerfile.cpu PROJECT_EXTRAS; tests/test_locks.py checks both).
-CPU_EXTRAS=gpu,tensorboard
-GPU_EXTRAS=gpu,tracking
+CPU_EXTRAS=gpu,tensorboard,demo
+GPU_EXTRAS=gpu,tracking,demo
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=$PWD/.venv/bin/python
 UV=${UV:-uv}
