@@ -10,6 +10,9 @@
 #   REGISTRY_STATE     dir for config, storage, pid, address and log (default /tmp/qa-expert-registry)
 #   REGISTRY_PORT      port to bind (default: a free one)
 #   REGISTRY_HTPASSWD  htpasswd file (bcrypt entries, `htpasswd -Bbn USER PASS`): basic auth on every request
+#   REGISTRY_TOKEN_REALM, REGISTRY_TOKEN_SERVICE, REGISTRY_TOKEN_ISSUER, REGISTRY_TOKEN_CERT
+#                      token auth instead (Docker Hub's and GHCR's scheme): clients get a JWT from the realm,
+#                      signed by the key of the PEM certificate REGISTRY_TOKEN_CERT
 #   REGISTRY_WAIT      seconds to wait until /v2/ answers (default 30)
 # `start-registry.sh --install` only installs the packages. Stop a registry: kill "$(cat "$REGISTRY_STATE/pid")"
 set -euo pipefail
@@ -67,6 +70,9 @@ mkdir -p "$STATE/data"
   if [ -n "${REGISTRY_HTPASSWD:-}" ]; then
     echo "auth:"
     echo "  htpasswd: {realm: qa-expert-registry, path: $(readlink -f "$REGISTRY_HTPASSWD")}"
+  elif [ -n "${REGISTRY_TOKEN_REALM:-}" ]; then
+    echo "auth:"
+    echo "  token: {realm: \"$REGISTRY_TOKEN_REALM\", service: \"$REGISTRY_TOKEN_SERVICE\", issuer: \"$REGISTRY_TOKEN_ISSUER\", rootcertbundle: $(readlink -f "$REGISTRY_TOKEN_CERT")}"
   fi
 } >"$STATE/config.yml"
 

@@ -17,8 +17,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.token_service import TokenService
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,12 +66,20 @@ class LocalRegistry:
             pass
 
 
-def start_registry(state: Path, *, username: str | None = None, password: str | None = None) -> LocalRegistry:
-    """Start one registry with its own storage under ``state``; with a username, basic auth (bcrypt htpasswd)."""
+def start_registry(
+    state: Path,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    token: dict[str, str] | None = None,
+) -> LocalRegistry:
+    """Start one registry with its own storage under ``state``; with a username, basic auth (bcrypt htpasswd);
+    with ``token`` (REGISTRY_TOKEN_* values), token auth."""
     state.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     env["REGISTRY_STATE"] = str(state)
-    if username is not None:
+    env.update(token or {})
+    if username is not None and token is None:
         if shutil.which("htpasswd") is None:  # installed with docker-registry by the script
             subprocess.run(
                 ["bash", "scripts/start-registry.sh", "--install"], cwd=REPO, check=True, timeout=600
@@ -103,3 +115,21 @@ def auth_registry(tmp_path_factory) -> Iterator[LocalRegistry]:
         yield reg
     finally:
         reg.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory) -> Iterator[tuple[LocalRegistry, TokenService]]:
+    """A registry in token-auth mode (Docker Hub's and GHCR's scheme) with its token service."""
+    from tests.token_service import ISSUER, SERVICE, TokenService
+
+    state = tmp_path_factory.mktemp("registry-token")
+    user, password = "qa-" + uuid.uuid4().hex[:6], "pw-" + uuid.uuid4().hex
+    tokens = TokenService(state, user, password)
+    token = {"REGISTRY_TOKEN_REALM": tokens.url, "REGISTRY_TOKEN_SERVICE": SERVICE,
+             "REGISTRY_TOKEN_ISSUER": ISSUER, "REGISTRY_TOKEN_CERT": str(tokens.cert)}  # fmt: skip
+    reg = start_registry(state, username=user, password=password, token=token)
+    try:
+        yield reg, tokens
+    finally:
+        reg.stop()
+        tokens.close()

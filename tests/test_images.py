@@ -189,3 +189,30 @@ def test_cpu_image_carries_the_locked_packages_it_promises(cpu_image: str) -> No
                         code, *names], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout) == {n: lock[n] for n in names}
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_token_auth_registry_like_docker_hub(base_image, token_registry) -> None:
+    """The Bearer flow against a real registry in token mode: the engine pushes through it, ``check_image``
+    gets a token from the realm with the credentials (never the registry's own basic auth), an anonymous token
+    pulls ``public/…`` only, a wrong password is refused by the token service, and nothing prints a secret."""
+    reg, tokens = token_registry
+    good = RegistryAuth(reg.address, reg.username or "", reg.password or "")
+    bad = RegistryAuth(reg.address, good.username, "wrong-" + uuid.uuid4().hex)
+    private, public = reg.ref("private/base", _tag()), reg.ref("public/base", _tag())
+    digest = push(base_image, private, good, out=io.StringIO()).digest
+    assert push(base_image, public, good, out=io.StringIO()).digest == digest
+
+    tokens.requests.clear()
+    assert check_image(private, good) == digest
+    assert tokens.requests == [{"user": good.username, "scope": "repository:private/base:pull",
+                                "service": "qa-expert-test-registry"}]  # fmt: skip
+    assert check_image(public) == digest  # anonymous token, public repository
+    with pytest.raises(ImageUnauthorized, match="refused anonymous access .*set REGISTRY_USERNAME"):
+        check_image(private)  # an anonymous token without access: the registry still answers 401
+    with pytest.raises(ImageUnauthorized, match="token service refused the credentials") as e:
+        check_image(private, bad)
+    assert bad.password not in str(e.value)
+    with pytest.raises(ImageNotFound, match="no such tag"):
+        check_image(reg.ref("private/base", "missing"), good)
