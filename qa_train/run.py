@@ -441,7 +441,10 @@ class Reporter:
             self.report.error = error
         if self.before_final is not None:
             self.write(upload=False)  # the local report.json already says how it ended, for before_final
-            self.before_final()
+            try:
+                self.before_final()
+            except Exception as e:  # noqa: BLE001 - the final report must be published whatever happens here
+                self._warn_once("before the final report", e)
         self.write()
 
     def interrupted(self, code: int) -> None:

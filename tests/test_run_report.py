@@ -98,6 +98,20 @@ def test_run_report_pages_are_uploaded_before_the_final_report(s3, tmp_path):
     assert _store(s3).read_report().state is RunState.SUCCEEDED
 
 
+def test_a_failing_before_final_still_publishes_the_final_report(s3, tmp_path, capsys):
+    """The controller waits for a final report.json: nothing run before it may keep it from being written."""
+    job = parse_job(_job(s3, tmp_path, run_name="rep-bf"))
+    reporter = Reporter(job, tmp_path / "out" / "rep-bf")
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    reporter.before_final = broken
+    assert run_stages([Stage("train", [_ok("t")])], None, reporter) == 0
+    assert _store(s3, "rep-bf").read_report().state is RunState.SUCCEEDED
+    assert "warning: before the final report: OSError: disk full" in capsys.readouterr().err
+
+
 def test_failed_stage_is_named_and_relaunch_counts(s3, tmp_path):
     job = parse_job(_job(s3, tmp_path))
     bad = [PY, "-c", "import sys; sys.exit(5)"]
