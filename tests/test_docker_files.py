@@ -20,6 +20,8 @@ DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
 sys.path.insert(0, str(REPO / "docker"))
 from project_requirements import normalize, project_requirements, requirement_name  # noqa: E402
 
+from tests.test_locks import read_lock  # noqa: E402
+
 
 def _arg_default(dockerfile: Path, name: str) -> str:
     """The default of ``ARG name=...`` (the last one wins across stages: they must agree anyway)."""
@@ -73,11 +75,7 @@ def test_the_gpu_image_carries_everything_the_cpu_image_does() -> None:
     its own."""
     gpu, cpu = REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"
     cpu_reqs = _installed_requirements(cpu)
-    gpu_lock = {
-        normalize(m[1])
-        for line in (REPO / "docker" / "locks" / "gpu.txt").read_text().splitlines()
-        if (m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", line))
-    }
+    gpu_lock = set(read_lock("gpu.txt"))
     assert cpu_reqs <= gpu_lock, f"the GPU lock lacks {cpu_reqs - gpu_lock}"
     # What the CPU image leaves out, the GPU image installs in its own step (flash-attn: prebuilt or source),
     # at the version recorded in the lock.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from qa_train.sync import SyncSession
 from qa_train.sync.storage import S3Location, make_client
 from qa_train.sync.tb_push import TensorBoardPusher
 from tests.conftest import REPO
+from tests.fixtures_s3 import free_ports
 from tests.test_sync_train import Proc
 
 BASE = {
@@ -130,8 +130,9 @@ def _events(d: Path, name: str, data: bytes = b"\x18\x00\x00\x00events") -> Path
 
 
 def _tb_keys(s3, run: S3Location) -> dict[str, int]:
-    listed = s3.client().list_objects_v2(Bucket=run.bucket, Prefix=f"{run.prefix}/{TB}/").get("Contents", [])
-    return {o["Key"][len(run.prefix) + len(TB) + 2 :]: o["Size"] for o in listed}
+    """``{path under <run>/tb/: size}`` (``run`` is in the test's bucket)."""
+    prefix = f"{run.prefix}/{TB}/"
+    return {key[len(prefix) :]: size for key, size in s3.keys(prefix).items()}
 
 
 def test_pusher_sends_new_and_grown_files_only(s3, tmp_path):
@@ -157,9 +158,7 @@ def test_push_tb_failure_is_a_warning_and_nothing_without_a_target(s3, tmp_path,
     assert SyncSession().push_tb(tb) is None  # no sync target: nothing to do
     run = S3Location.parse(s3.uri("runs/r"))
     assert SyncSession(run=run, client=s3.client()).push_tb(tmp_path / "missing") is None
-    with socket.socket() as sock:  # a port nothing listens on: a real connection error
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    (port,) = free_ports(1)  # a port nothing listens on: a real connection error
     broken = SyncSession(run=run, client=make_client(f"http://127.0.0.1:{port}", max_attempts=1))
     with caplog.at_level(logging.WARNING, logger="qa_train.sync"):
         assert broken.push_tb(tb) is None
@@ -172,9 +171,7 @@ def test_push_tb_to_seaweedfs_keeps_an_earlier_launchs_files(s3, tmp_path):
     session = SyncSession(run=run, client=client)
     session.push_tb(_events(tmp_path / "launch1" / "tb", "events.out.tfevents.1.a.1"))
     session.push_tb(_events(tmp_path / "launch2" / "tb", "events.out.tfevents.2.b.1"))  # a relaunch
-    keys = [
-        o["Key"] for o in client.list_objects_v2(Bucket=run.bucket, Prefix=f"{run.prefix}/tb/")["Contents"]
-    ]
+    keys = s3.keys(f"{run.prefix}/tb/")
     assert sorted(keys) == [
         f"{run.prefix}/tb/events.out.tfevents.1.a.1",
         f"{run.prefix}/tb/events.out.tfevents.2.b.1",
