@@ -193,18 +193,7 @@ def tokens_per_second(
     return rate, why
 
 
-def estimate_hours(
-    shape: ModelShape | None,
-    mode: str,
-    epochs: float,
-    tokens_per_epoch: int | None,
-    peak_tflops: float,
-    num_gpus: int,
-    offload: bool,
-) -> float:
-    """Rough training time for the offers table: 6·P·tokens (+2·P recompute) at 35% MFU, halved by offload."""
-    params = shape.params if shape else 7e9
-    tokens = (tokens_per_epoch or ORIGINAL_TOKENS_PER_EPOCH) * epochs
-    flops = (8.0 if mode == "full" else 6.0) * params * tokens
-    rate = max(num_gpus, 1) * peak_tflops * 1e12 * 0.35 * (0.5 if offload else 1.0)
-    return flops / rate / 3600
+def estimate_hours(tokens_per_epoch: int | None, epochs: float, rate: float) -> float:
+    """Rough training time for the offers table at ``rate`` tokens/s (``tokens_per_second``: measured, else
+    peak FLOPs × MFU); the original README's data size when the spec gives none."""
+    return (tokens_per_epoch or ORIGINAL_TOKENS_PER_EPOCH) * epochs / rate / 3600

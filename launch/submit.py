@@ -505,9 +505,8 @@ def _estimate(spec_job: Any, rendered: RenderedSpec) -> tuple[float, float, str]
     n = rendered.gpu.count
     offload = bool(rendered.deepspeed and "offload_optimizer" in rendered.deepspeed["zero_optimization"])
     shape, mode = lookup_shape(spec_job), mode_of(spec_job)
-    hours = estimate_hours(shape, mode, spec_job.training.num_train_epochs, spec_job.data.approx_train_tokens,
-                           profile.peak_tflops, n, offload)  # fmt: skip
     rate, source = tokens_per_second(shape, mode, profile.peak_tflops, n, offload, rendered.gpu.profile)
+    hours = estimate_hours(spec_job.data.approx_train_tokens, spec_job.training.num_train_epochs, rate)
     return hours, rate, source
 
 

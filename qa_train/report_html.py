@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from qa_train.contract import METRICS_NAME, PACKING_NAME, REPORT_DIR, REPORT_NAME, RunLayout, RunStore
-
-logger = logging.getLogger("qa_train.report")
 
 # The seed model's published HotpotQA row (qa-expert-7B-V1.0, github.com/khaimt/qa_expert README).
 SEED_ROW = {"model": "qa-expert-7B-V1.0 (published)", "recall": 0.7257, "containing_acc": 0.668}
@@ -299,15 +296,12 @@ def make_report(data: RunData, out: Path) -> Path:
 
 def upload_report(store: RunStore, out: Path) -> str:
     """Every file of ``out`` to ``<run>/report/`` (one PUT each; the HTML last so its images are there)."""
-    from qa_train.sync.storage import S3Location
-
     files = sorted((p for p in out.iterdir() if p.is_file()), key=lambda p: p.name == "report.html")
     for p in files:
-        loc = S3Location.parse(store.layout.child(f"{REPORT_DIR}/{p.name}"))
         ctype = (
             "text/html" if p.suffix == ".html" else "image/png" if p.suffix == ".png" else "application/json"
         )
-        store.client.put_object(Bucket=loc.bucket, Key=loc.prefix, Body=p.read_bytes(), ContentType=ctype)
+        store.put_bytes(f"{REPORT_DIR}/{p.name}", p.read_bytes(), ctype)
     return store.layout.child(REPORT_DIR)
 
 

@@ -102,14 +102,13 @@ def job_status(
             live = {"backend": x.backend, "instance_id": x.instance_id, "error": str(e)}
     report: RunReport | None = None
     report_error = None
+    metrics: RunMetrics | None = None
+    metrics_error = None
     if plan.store is not None:
         try:
             report = plan.store.read_report()
         except Exception as e:  # storage down or a malformed report: shown, never guessed
             report_error = f"{type(e).__name__}: {e}"
-    metrics: RunMetrics | None = None
-    metrics_error = None
-    if plan.store is not None:
         try:
             metrics = plan.store.read_metrics()
         except Exception as e:  # progress is for people: shown as unreadable, the job's state stands
@@ -127,8 +126,7 @@ def job_status(
     )  # fmt: skip
     if report is not None and report.final:
         doc["artifacts"] = artifacts(plan)
-    row_now = reg.get(row.job_id)
-    doc["terminal"] = bool(row_now and row_now.state.terminal)
+    doc["terminal"] = JobState(doc["state"]).terminal  # summary() read the row after any settling above
     doc["progress"] = progress(doc, metrics, reg.clock())
     doc["metrics_error"] = metrics_error
     return doc

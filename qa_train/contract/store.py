@@ -93,8 +93,11 @@ class RunStore:
 
     def put_text(self, name: str, text: str, content_type: str = "application/json") -> str:
         """One PUT (atomic for readers: they see the old object or the new one). Returns the object's URI."""
+        return self.put_bytes(name, text.encode("utf-8"), content_type)
+
+    def put_bytes(self, name: str, body: bytes, content_type: str) -> str:
         bucket, key = self._where(name)
-        self.client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)
+        self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
         return self.layout.child(name)
 
     def get_text(self, name: str) -> str | None:
