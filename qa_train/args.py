@@ -190,8 +190,10 @@ def check_training_ranges(a: Any) -> None:
     )
     if a.new_token_lr is not None:
         check_number("--new_token_lr", a.new_token_lr, _finite(a.new_token_lr) and a.new_token_lr > 0, "> 0")
-    if a.new_token_init not in ("text", "mean"):
-        raise UsageError(f"--new_token_init must be text or mean, got {a.new_token_init!r}")
+    from qa_train.modeling import NEW_TOKEN_INITS
+
+    if a.new_token_init not in NEW_TOKEN_INITS:
+        raise UsageError(f"--new_token_init must be {' or '.join(NEW_TOKEN_INITS)}, got {a.new_token_init!r}")
     dropout = a.lora_dropout
     check_number("--lora_dropout", dropout, _finite(dropout) and 0 <= dropout < 1, ">= 0 and < 1")
 

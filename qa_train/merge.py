@@ -141,9 +141,10 @@ def _check_keys(peft_model: Any, saved: dict[str, tuple[int, ...]], weights: Pat
     from peft import get_peft_model_state_dict
 
     # Training saves no full embedding matrices (only the trained rows); an older adapter may carry them.
+    # "auto" only adds the embedding keys to what False returns, so ``allowed`` holds every needed key.
     needed = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
     allowed = get_peft_model_state_dict(peft_model, save_embedding_layers="auto")
-    expected = {k: tuple(v.shape) for k, v in {**allowed, **needed}.items()}
+    expected = {k: tuple(v.shape) for k, v in allowed.items()}
     unexpected = sorted(set(saved) - set(expected))
     missing = sorted(set(needed) - set(saved))
     if unexpected or missing:

@@ -521,7 +521,7 @@ def _tensorboard_dir(trainer: Any) -> Path | None:
     """The TensorBoard logging dir when ``--report_to`` has tensorboard, its writers closed first: an eval
     after training reopens a writer whose last scalars sit in a buffer until it is closed."""
     args = trainer.args
-    if "tensorboard" not in (args.report_to or []) or not args.logging_dir:
+    if "tensorboard" not in (args.report_to or []):  # else _tensorboard_logging_dir set logging_dir
         return None
     for cb in trainer.callback_handler.callbacks:
         writer = getattr(cb, "tb_writer", None)
