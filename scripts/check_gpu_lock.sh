@@ -93,7 +93,8 @@ PYEOF
     log "$name: pip check FAILED:"; sed 's/^/    /' "$SCRATCH/$name.pipcheck"; fails=$((fails + 1))
   fi
   log "$name: venv size $(du -sm "$venv" | cut -f1) MB; largest:"
-  du -sm "$venv"/lib/python3.12/site-packages/* 2>/dev/null | sort -rn | head -n 8 | awk '{printf "    %6d MB  %s\n", $1, $2}' | sed "s#$venv/lib/python3.12/site-packages/##"
+  # awk, not head, takes the first 8: head exiting early can SIGPIPE sort, and pipefail made that exit 141
+  du -sm "$venv"/lib/python3.12/site-packages/* 2>/dev/null | sort -rn | awk 'NR <= 8 {printf "    %6d MB  %s\n", $1, $2}' | sed "s#$venv/lib/python3.12/site-packages/##"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$venv"
 }
 
