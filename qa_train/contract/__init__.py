@@ -19,7 +19,9 @@ Layout of one run (``<target>`` is the job's ``sync.target``, e.g. ``s3://bucket
 """
 
 from qa_train.contract.layout import *  # noqa: F403
+from qa_train.contract.outcome import *  # noqa: F403
 from qa_train.contract.report import *  # noqa: F403
 from qa_train.contract.run_metrics import *  # noqa: F403
 from qa_train.contract.store import *  # noqa: F403
+from qa_train.contract.train_summary import *  # noqa: F403
 from qa_train.contract.uris import *  # noqa: F403

@@ -4,6 +4,7 @@ instance state, never from log wording."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -80,10 +81,20 @@ class RunReport:
             raise ReportError(f"{source}: not a run report: {e}") from None
 
     def write_local(self, path: str | Path) -> None:
-        """Atomic for readers (temp file in the same folder, fsync, rename): never a half-written report."""
-        from qa_train.fsutil import atomic_write_text  # torch-free; the launcher never calls this
-
-        atomic_write_text(Path(path), self.to_json())
+        """Atomic for readers (temp file in the same folder, fsync, rename): never a half-written report.
+        Standard library only: the contract imports nothing else of the project."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(self.to_json())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class ReportError(ValueError):
