@@ -37,13 +37,13 @@ from launch.jobs.lease import Lease
 from launch.jobs.offers import Cancelled, Launched, OfferWalk, destroy, offer_keys
 from launch.jobs.plan import JobPlan
 from launch.jobs.recovery import Action, Decision, Observation, RecoveryPolicy, usd
-from launch.jobs.state import JobState, Registry
-from qa_train.contract import RunReport
+from launch.jobs.state import Cause, JobState, Notice, Registry
+from qa_train.contract import FailureReason, RunReport
 
 logger = logging.getLogger(__name__)
 
 
-BUDGET_WARNING = "budget warning"  # the event's prefix; one per job
+BUDGET_WARNING = "budget warning"  # how the warning reads; found again by its cause (Notice.BUDGET_WARNING)
 
 
 class ReportSource(Protocol):
@@ -150,9 +150,9 @@ class Controller:
             raise ControllerError(f"no job {self.job_id!r} in {self.reg.path}")
         return row.state
 
-    def _to(self, state: JobState, reason: str) -> bool:
+    def _to(self, state: JobState, reason: str, cause: Cause | None = None) -> bool:
         """Record a transition unless the job already ended (a user's cancel always wins)."""
-        moved = self.reg.transition(self.job_id, state, reason)
+        moved = self.reg.transition(self.job_id, state, reason, cause)
         if moved:
             self.note(f"{state} — {reason}")
         return moved
@@ -225,12 +225,13 @@ class Controller:
                 except Cancelled:
                     return self._end_cancelled()
                 except RequestRejected as e:
-                    return self._end(JobState.FAILED, f"the cloud refused the request: {e}", None)
+                    why = f"the cloud refused the request: {e}"
+                    return self._end(JobState.FAILED, why, None, FailureReason.REQUEST_REJECTED)
                 except (NoCapacity, CloudError) as e:
                     waiting_since = self.clock() if waiting_since is None else waiting_since
                     d = self.policy.on_no_capacity(attempt, self.clock() - waiting_since, str(e))
                     if d.action == Action.FAIL:
-                        return self._end(JobState.FAILED, d.reason, None)
+                        return self._end(JobState.FAILED, d.reason, None, d.cause)
                     self.note(d.reason)
                     if not self._sleep(d.delay_s):
                         return self._end_cancelled()
@@ -265,7 +266,7 @@ class Controller:
             if d.action == Action.SUCCEED:
                 return self._end(JobState.SUCCEEDED, d.reason, cur)
             if d.action == Action.FAIL:
-                return self._end(JobState.FAILED, d.reason, cur)
+                return self._end(JobState.FAILED, d.reason, cur, d.cause)
             if d.action == Action.STOP_BUDGET:
                 return self._stop_for_budget(cur, d.reason)
             # RELAUNCH
@@ -273,7 +274,7 @@ class Controller:
             row = self.reg.get(self.job_id)
             assert row is not None
             self.reg.set(self.job_id, restarts=row.restarts + 1)
-            if row.state != JobState.RECOVERING and not self._to(JobState.RECOVERING, d.reason):
+            if row.state != JobState.RECOVERING and not self._to(JobState.RECOVERING, d.reason, d.cause):
                 return self._end_cancelled()
             if row.state == JobState.RECOVERING:
                 self.note(d.reason)
@@ -311,14 +312,14 @@ class Controller:
         if not self.policy.near_budget(spent):
             return
         if self._warned is None:
-            self._warned = any(e.reason.startswith(BUDGET_WARNING) for e in self.reg.events(self.job_id))
+            self._warned = any(e.cause == Notice.BUDGET_WARNING for e in self.reg.events(self.job_id))
         if self._warned:
             return
         cap = self.policy.max_cost_usd
         assert cap is not None
         text = (f"{BUDGET_WARNING}: {usd(spent)} spent of max_cost {usd(cap)} "
                 f"({100 * spent / cap:.0f}%); the job is stopped at the cap")  # fmt: skip
-        self.reg.note(self.job_id, text)
+        self.reg.note(self.job_id, text, Notice.BUDGET_WARNING)
         logger.warning("%s: %s", self.job_id, text)
         self.note(text)
         self._warned = True
@@ -365,7 +366,7 @@ class Controller:
         if report is not None and report.final:  # it finished while stopping: that is the outcome
             d = self.policy.decide(Observation(None, report))
             end = JobState.SUCCEEDED if d.action == Action.SUCCEED else JobState.FAILED
-            return self._end(end, d.reason, cur)
+            return self._end(end, d.reason, cur, d.cause)
         self._retire(cur, reason, blocklist=False)
         return self._end_budget(reason, self._committed_step())
 
@@ -377,7 +378,7 @@ class Controller:
             reason += f"; last committed checkpoint: step {step}{where}"
         else:
             reason += "; no checkpoint was committed"
-        return self._end(JobState.STOPPED_BUDGET, reason, None)
+        return self._end(JobState.STOPPED_BUDGET, reason, None, FailureReason.MAX_COST)
 
     # -- adopting, retiring, ending --------------------------------------------------------------------------
     def _adopt(self) -> Launched | None:
@@ -436,12 +437,14 @@ class Controller:
         except OSError as e:
             logger.warning("could not save logs to %s: %s", path, e)
 
-    def _end(self, state: JobState, reason: str, cur: Launched | None) -> JobState:
+    def _end(
+        self, state: JobState, reason: str, cur: Launched | None, cause: FailureReason | None = None
+    ) -> JobState:
         if cur is not None:
             self._retire(cur, reason, blocklist=False)
         for x in self.reg.open_launches(self.job_id):
             self._retire(Launched(x.backend, x.instance_id), reason, blocklist=False)
-        if not self._to(state, reason):
+        if not self._to(state, reason, cause):
             return self._state()
         if state == JobState.SUCCEEDED and self.artifacts is not None:
             for line in self.artifacts():
@@ -451,7 +454,7 @@ class Controller:
     def _end_cancelled(self) -> JobState:
         for x in self.reg.open_launches(self.job_id):
             self._retire(Launched(x.backend, x.instance_id), "cancelled by user", blocklist=False)
-        self._to(JobState.CANCELLED, "cancelled by user")
+        self._to(JobState.CANCELLED, "cancelled by user", FailureReason.CANCELLED_BY_USER)
         self.note("cancelled; no instance left")
         return JobState.CANCELLED
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from launch.backends.base import InstanceState, InstanceStatus
-from qa_train.contract import RunReport, RunState
+from qa_train.contract import ExitCode, FailureReason, RunReport, RunState
 
 # SIGKILL / SIGTERM from outside: docker kill, a host shutting the container down
-KILL_EXIT_CODES = (137, 143)
+KILL_EXIT_CODES = (ExitCode.SIGKILL, ExitCode.SIGTERM)
 
 
 class Action(StrEnum):
@@ -34,10 +34,14 @@ def usd(amount: float) -> str:
 
 @dataclass(frozen=True)
 class Decision:
+    """``cause``: why, as a value the registry records and ``status`` shows (``reason`` is for people only);
+    None for POLL, WAIT and SUCCEED."""
+
     action: Action
     reason: str = ""
     delay_s: float = 0.0
     blocklist: bool = False  # RELAUNCH: the machine lost the job; prefer other machines from now on
+    cause: FailureReason | None = None
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,13 @@ class RecoveryPolicy:
 
     def decide(self, obs: Observation) -> Decision:
         if obs.cancelled:
-            return Decision(Action.CANCEL, "cancelled by user")
+            return Decision(Action.CANCEL, "cancelled by user", cause=FailureReason.CANCELLED_BY_USER)
         if obs.report is not None and obs.report.final:
             return _from_final_report(obs.report)
         if self.over_budget(obs.spent_usd):
-            return Decision(Action.STOP_BUDGET, self.budget_reason(obs.spent_usd))
+            return Decision(
+                Action.STOP_BUDGET, self.budget_reason(obs.spent_usd), cause=FailureReason.MAX_COST
+            )
         st = obs.instance
         if st is None:
             return Decision(Action.POLL, "instance state unknown (cloud did not answer)")
@@ -82,20 +88,23 @@ class RecoveryPolicy:
             return Decision(Action.POLL, "running")
         if st.state == InstanceState.PROVISIONING:
             if obs.provisioning_s > self.ready_timeout_s:
-                return self._lost(obs, f"not running after {obs.provisioning_s:.0f}s ({st.detail})")
+                why = f"not running after {obs.provisioning_s:.0f}s ({st.detail})"
+                return self._lost(obs, why, FailureReason.NOT_READY)
             return Decision(Action.POLL, "provisioning")
         # the instance ended (EXITED / STOPPED / FAILED / GONE) and the run did not say it finished
         if not obs.has_reports:
             return self._by_exit_code(obs)
         if not obs.report_known:
             return Decision(Action.POLL, "instance ended; waiting for the run report to be readable")
-        return self._lost(obs, _lost_reason(st))
+        return self._lost(obs, _lost_reason(st), FailureReason.INSTANCE_LOST)
 
     def on_no_capacity(self, attempt: int, waited_s: float, why: str) -> Decision:
         """``attempt`` counts the walks that found nothing (0 for the first); backoff doubles up to the cap."""
         delay = self.backoff(attempt)
         if waited_s + delay > self.capacity_wait_s:
-            return Decision(Action.FAIL, f"no capacity after {waited_s:.0f}s: {why}")
+            return Decision(
+                Action.FAIL, f"no capacity after {waited_s:.0f}s: {why}", cause=FailureReason.NO_CAPACITY
+            )
         return Decision(Action.WAIT, f"no capacity ({why}); retrying in {delay:.0f}s", delay_s=delay)
 
     def backoff(self, attempt: int) -> float:
@@ -114,14 +123,17 @@ class RecoveryPolicy:
         assert self.max_cost_usd is not None
         return f"max_cost {usd(self.max_cost_usd)} reached ({usd(spent_usd)} spent over every launch)"
 
-    def _lost(self, obs: Observation, why: str) -> Decision:
+    def _lost(self, obs: Observation, why: str, cause: FailureReason) -> Decision:
         """A machine that lost the job (preempted, failed, killed) is blocklisted: the next launch prefers
         another one (the walk falls back to blocklisted machines only when nothing else is offered)."""
         if obs.restarts >= self.max_restarts:
-            return Decision(Action.FAIL, f"max_restarts ({self.max_restarts}) reached; last: {why}")
-        return Decision(
-            Action.RELAUNCH, f"restart {obs.restarts + 1}/{self.max_restarts}: {why}", blocklist=True
-        )
+            return Decision(
+                Action.FAIL,
+                f"max_restarts ({self.max_restarts}) reached; last: {why}",
+                cause=FailureReason.MAX_RESTARTS,
+            )
+        why = f"restart {obs.restarts + 1}/{self.max_restarts}: {why}"
+        return Decision(Action.RELAUNCH, why, blocklist=True, cause=cause)
 
     def _by_exit_code(self, obs: Observation) -> Decision:
         """Local Docker without object storage: the container's exit code is all there is."""
@@ -130,11 +142,13 @@ class RecoveryPolicy:
         code = st.exit_code
         if st.state == InstanceState.EXITED and code == 0:
             return Decision(Action.SUCCEED, "container exited with code 0")
-        if st.state == InstanceState.EXITED and code is not None and code not in KILL_EXIT_CODES:
-            return Decision(Action.FAIL, f"training error, not relaunched: container exited with code {code}")
-        if code in KILL_EXIT_CODES:
-            return self._lost(obs, f"container killed by signal {code - 128} (exit {code})")
-        return self._lost(obs, _lost_reason(st))
+        if st.state == InstanceState.EXITED and code is not None and not ExitCode.killed(code):
+            why = f"training error, not relaunched: container exited with code {code}"
+            return Decision(Action.FAIL, why, cause=FailureReason.of_exit(code))
+        if code is not None and ExitCode.killed(code):
+            why = f"container killed by signal {code - 128} (exit {code})"
+            return self._lost(obs, why, FailureReason.INSTANCE_KILLED)
+        return self._lost(obs, _lost_reason(st), FailureReason.INSTANCE_LOST)
 
 
 def _lost_reason(st: InstanceStatus) -> str:
@@ -156,4 +170,7 @@ def _from_final_report(report: RunReport) -> Decision:
     why = f"stage '{stage.name}' failed (exit {stage.exit_code})" if stage else "the run report says failed"
     if report.error:
         why += f": {report.error}"
-    return Decision(Action.FAIL, f"training error, not relaunched: {why}")
+    cause = FailureReason.of_exit(stage.exit_code) if stage else FailureReason.TRAINING_ERROR
+    if cause == FailureReason.INSTANCE_KILLED:  # a final report: the run itself ended, whatever the signal
+        cause = FailureReason.TRAINING_ERROR
+    return Decision(Action.FAIL, f"training error, not relaunched: {why}", cause=cause)

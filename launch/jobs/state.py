@@ -19,6 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from qa_train.contract import FailureReason
+
 
 class JobState(StrEnum):
     PENDING = "PENDING"  # recorded, nothing rented yet
@@ -33,6 +35,27 @@ class JobState(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
+
+
+class Notice(StrEnum):
+    """An event that changes no state but that the controller must find again (never by its text)."""
+
+    BUDGET_WARNING = "budget_warning"  # one per job, at 80% of --max_cost
+
+
+Cause = FailureReason | Notice
+
+
+def parse_cause(value: str | None) -> Cause | None:
+    """A stored cause back as its enum; an unknown value (a newer launcher's) reads as None."""
+    if not value:
+        return None
+    for kind in (FailureReason, Notice):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return None
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.STOPPED_BUDGET})
@@ -119,10 +142,13 @@ class JobRow:
 
 @dataclass(frozen=True)
 class Event:
+    """One recorded change: ``reason`` for people, ``cause`` for code (the controller, ``status``)."""
+
     ts: float
     state: JobState
     reason: str
     instance_id: str | None
+    cause: Cause | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +201,8 @@ CREATE TABLE IF NOT EXISTS events (
   ts REAL NOT NULL,
   state TEXT NOT NULL,
   reason TEXT NOT NULL DEFAULT '',
-  instance_id TEXT
+  instance_id TEXT,
+  cause TEXT
 );
 CREATE TABLE IF NOT EXISTS launches (
   job_id TEXT NOT NULL,
@@ -230,6 +257,9 @@ class Registry:
             self.root.mkdir(parents=True, exist_ok=True)
             with self._conn() as c:
                 c.executescript(SCHEMA)
+                cols = {r["name"] for r in c.execute("PRAGMA table_info(events)")}
+                if "cause" not in cols:  # a registry written before causes were recorded
+                    c.execute("ALTER TABLE events ADD COLUMN cause TEXT")
         except sqlite3.DatabaseError as e:  # a file of garbage, a truncated copy, a folder in its place
             raise RegistryError(
                 f"{self.path} is not a job registry ({e}); move it away to start a new one"
@@ -293,7 +323,7 @@ class Registry:
         assert row is not None
         return row, created
 
-    def transition(self, job_id: str, new: JobState, reason: str = "") -> bool:
+    def transition(self, job_id: str, new: JobState, reason: str = "", cause: Cause | None = None) -> bool:
         """Move the job to ``new`` and record the event. Returns False, changing nothing, when the job has
         already ended (a user's CANCELLED wins over a controller that did not see it yet). Raises
         ``InvalidTransition`` for a move the job's life does not allow (a bug)."""
@@ -309,8 +339,8 @@ class Registry:
             check_transition(old, new)
             c.execute("UPDATE jobs SET state=?, updated_at=? WHERE job_id=?", (new, now, job_id))
             c.execute(
-                "INSERT INTO events (job_id, ts, state, reason, instance_id) VALUES (?,?,?,?,?)",
-                (job_id, now, new, self._redact(reason), row["instance_id"]),
+                "INSERT INTO events (job_id, ts, state, reason, instance_id, cause) VALUES (?,?,?,?,?,?)",
+                (job_id, now, new, self._redact(reason), row["instance_id"], cause and str(cause)),
             )
         return True
 
@@ -358,11 +388,15 @@ class Registry:
     def events(self, job_id: str) -> list[Event]:
         with self._conn() as c:
             rows = c.execute(
-                "SELECT ts, state, reason, instance_id FROM events WHERE job_id=? ORDER BY id", (job_id,)
+                "SELECT ts, state, reason, instance_id, cause FROM events WHERE job_id=? ORDER BY id",
+                (job_id,),
             ).fetchall()
-        return [Event(r["ts"], JobState(r["state"]), r["reason"], r["instance_id"]) for r in rows]
+        return [
+            Event(r["ts"], JobState(r["state"]), r["reason"], r["instance_id"], parse_cause(r["cause"]))
+            for r in rows
+        ]
 
-    def note(self, job_id: str, reason: str) -> None:
+    def note(self, job_id: str, reason: str, cause: Cause | None = None) -> None:
         """Record an event without a state change (e.g. the 80% budget warning): kept with the job's history,
         and what a restarted controller reads to not warn twice."""
         with self._tx() as c:
@@ -370,13 +404,26 @@ class Registry:
             if row is None:
                 raise KeyError(f"no job {job_id!r} in {self.path}")
             c.execute(
-                "INSERT INTO events (job_id, ts, state, reason, instance_id) VALUES (?,?,?,?,?)",
-                (job_id, self.clock(), row["state"], self._redact(reason), row["instance_id"]),
+                "INSERT INTO events (job_id, ts, state, reason, instance_id, cause) VALUES (?,?,?,?,?,?)",
+                (
+                    job_id,
+                    self.clock(),
+                    row["state"],
+                    self._redact(reason),
+                    row["instance_id"],
+                    cause and str(cause),
+                ),
             )
 
     def last_reason(self, job_id: str) -> str:
         ev = self.events(job_id)
         return ev[-1].reason if ev else ""
+
+    def failure(self, job_id: str) -> FailureReason | None:
+        """Why the job ended, when it ended otherwise than SUCCEEDED: the cause of its terminal event."""
+        ev = [e for e in self.events(job_id) if e.state in TERMINAL and e.state != JobState.SUCCEEDED]
+        cause = ev[-1].cause if ev else None
+        return cause if isinstance(cause, FailureReason) else None
 
     # -- launches --------------------------------------------------------------------------------------------
     def add_launch(

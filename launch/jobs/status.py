@@ -17,7 +17,7 @@ from launch.jobs.plan import JobPlan
 from launch.jobs.recovery import Action, Observation, RecoveryPolicy
 from launch.jobs.state import JobRow, JobState, Registry
 from launch.jobs.watch import progress, progress_lines
-from qa_train.contract import EVAL, FINAL, MERGED, RunMetrics, RunReport, report_dict
+from qa_train.contract import EVAL, FINAL, MERGED, FailureReason, RunMetrics, RunReport, report_dict
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def summary(reg: Registry, job_id: str) -> dict[str, Any]:
         "backend": row.backend,
         "instance_id": row.instance_id,
         "restarts": row.restarts,
+        "failure": reg.failure(
+            job_id
+        ),  # why it ended (a FailureReason value), None unless it failed or stopped
         "launches": len(reg.launches(job_id)),
         "cost_usd": round(reg.cost(job_id), 4),
         "last_step": row.last_step,
@@ -120,8 +123,8 @@ def job_status(
         live=live,
         report=report_dict(report) if report else None,
         report_error=report_error,
-        events=[{"ts": e.ts, "state": str(e.state), "reason": e.reason, "instance_id": e.instance_id}
-                for e in reg.events(row.job_id)],
+        events=[{"ts": e.ts, "state": str(e.state), "reason": e.reason, "instance_id": e.instance_id,
+                 "cause": e.cause} for e in reg.events(row.job_id)],
         launches=[vars(x) for x in reg.launches(row.job_id)],
     )  # fmt: skip
     if report is not None and report.final:
@@ -139,10 +142,11 @@ def _settle_unmanaged(
     if d.action == Action.SUCCEED:
         reg.transition(row.job_id, JobState.SUCCEEDED, d.reason)
     elif d.action == Action.FAIL:
-        reg.transition(row.job_id, JobState.FAILED, d.reason)
+        reg.transition(row.job_id, JobState.FAILED, d.reason, d.cause)
     elif d.action == Action.RELAUNCH:
         reg.transition(row.job_id, JobState.FAILED,
-                       "instance lost before the run finished (an unmanaged job is not relaunched; use --managed)")  # fmt: skip
+                       "instance lost before the run finished (an unmanaged job is not relaunched; use --managed)",
+                       FailureReason.UNMANAGED_LOST)  # fmt: skip
     else:
         return
     if st is None or not st.state.startswith(("PROVISIONING", "RUNNING")):  # ended: its cost stops here
@@ -151,9 +155,13 @@ def _settle_unmanaged(
 
 
 def status_lines(doc: dict[str, Any]) -> list[str]:
-    """``status`` for people."""
-    lines = [f"job {doc['job_id']}: {doc['state']}" + (" (managed)" if doc["managed"] else "")
-             + f", {doc['launches']} launch(es), {doc['restarts']} restart(s), ${doc['cost_usd']:.3f} so far"]  # fmt: skip
+    """``status`` for people. ``doc["launches"]`` is the list of launches here (``job_status``), a count in
+    ``summary``: either way the line shows how many."""
+    launches = doc["launches"]
+    count = launches if isinstance(launches, int) else len(launches)
+    failure = f" [{doc['failure']}]" if doc.get("failure") else ""
+    lines = [f"job {doc['job_id']}: {doc['state']}{failure}" + (" (managed)" if doc["managed"] else "")
+             + f", {count} launch(es), {doc['restarts']} restart(s), ${doc['cost_usd']:.3f} so far"]  # fmt: skip
     if doc["events"]:
         lines.append(f"  last change: {doc['events'][-1]['reason']}")
     if doc.get("progress"):
