@@ -41,7 +41,7 @@ def cli(monkeypatch, tmp_path, capsys):
         backend_calls.append(name)
         raise AssertionError(f"backend {name} must not be reached")
 
-    monkeypatch.setattr("launch.backends.get_backend", no_backend)
+    monkeypatch.setattr("launch.backends.get_compute", no_backend)
 
     def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
         for k, v in (env or {}).items():

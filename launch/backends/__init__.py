@@ -52,13 +52,3 @@ def configured_clouds(**kw: dict[str, Any]) -> dict[str, Compute]:
             cloud="cheapest",
         )
     return out
-
-
-def get_backend(name: str, **kw: Any) -> Any:
-    """Legacy entry point of launch/submit.py and launch/managed.py, replaced by ``get_compute`` and the
-    controller in ``launch/jobs/``."""
-    raise CloudError(
-        f"backend {name!r}: the legacy backends are replaced by launch.backends.get_compute / configured_clouds "
-        "(the controller in launch/jobs/ drives them)",
-        cloud=name,
-    )

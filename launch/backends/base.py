@@ -163,9 +163,6 @@ class Compute(ABC):
 
 
 # -- offers and instances ------------------------------------------------------------------------------------
-BackendError = CloudError  # legacy name (launch/submit.py)
-
-
 @dataclass
 class Offer:
     backend: str

@@ -30,8 +30,6 @@ RETRY_STATUS = (429, 500, 502, 503, 504)
 NO_RETRY_MARKERS = (b"search_quota_exceeded",)  # vast: the daily search quota
 DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (seconds)
 
-ApiError = CloudError  # legacy name (launch/submit.py imports it)
-
 
 class _NotRetried(CloudError):
     """Raised from inside urllib3 when a retryable status carries a do-not-retry marker."""

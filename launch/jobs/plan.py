@@ -112,7 +112,7 @@ def make_computes(backend: str, options: JobOptions, runs_dir: Path | None = Non
         return dict(clouds)
     kw: dict[str, Any] = {}
     if backend == "local":
-        kw = {"data_dir": options.data_dir, "network_mode": options.network}
+        kw = {"data_dir": options.data_dir, "network_mode": options.network, "runs_dir": options.outputs_dir}
     return {backend: get_compute(backend, **kw)}
 
 

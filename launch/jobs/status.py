@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from launch.backends.base import CloudError, Compute, InstanceStatus
+from launch.jobs.local_run import LocalRun
 from launch.jobs.plan import JobPlan
 from launch.jobs.recovery import Action, Observation, RecoveryPolicy
 from launch.jobs.state import JobRow, JobState, Registry
@@ -61,6 +62,9 @@ def expected_artifacts(plan: JobPlan) -> dict[str, str]:
 def artifacts(plan: JobPlan) -> dict[str, Any]:
     """Each expected folder of the run in object storage and whether it is committed."""
     if plan.store is None:
+        local = LocalRun.of(plan)
+        if local is not None:
+            return local.artifacts(expected_artifacts(plan))
         return {"location": None, "note": "the job has no sync target: outputs stayed on the instance"}
     root = plan.store.layout.root
     out: dict[str, Any] = {"location": root, "folders": {}}
@@ -107,13 +111,14 @@ def job_status(
     report_error = None
     metrics: RunMetrics | None = None
     metrics_error = None
-    if plan.store is not None:
+    source = plan.store if plan.store is not None else LocalRun.of(plan)  # a local job: its host folder
+    if source is not None:
         try:
-            report = plan.store.read_report()
+            report = source.read_report()
         except Exception as e:  # storage down or a malformed report: shown, never guessed
             report_error = f"{type(e).__name__}: {e}"
         try:
-            metrics = plan.store.read_metrics()
+            metrics = source.read_metrics()
         except Exception as e:  # progress is for people: shown as unreadable, the job's state stands
             metrics_error = f"{type(e).__name__}: {e}"
     if not row.managed and not row.state.terminal and live_launch:
