@@ -58,6 +58,14 @@ class DataArguments:
     data_cache_dir: str | None = field(
         default=None, metadata={"help": "Tokenization cache (default ~/.cache/qa_train)"}
     )
+    restart_data: bool = field(
+        default=False,
+        metadata={
+            "help": "The data changed since this run started (a resume would mix the two and is refused): "
+            "remove the run's old checkpoints and train from step 0 on the current data (train_summary.json "
+            "says so). Nothing happens when the inputs are the recorded ones"
+        },
+    )
 
 
 @dataclass

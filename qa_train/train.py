@@ -401,7 +401,9 @@ def run(argv: list[str]) -> dict[str, Any]:
     _check_flags(model_args, data_args, training_args)
     # Storage credentials and the resume point are settled first: a typo in a key fails in seconds, not after
     # tokenizing the data set.
-    session = start_sync(sync_args, training_args)
+    from qa_train.fingerprint import input_paths, summary_fields  # the run is bound to its data (issue 23)
+
+    session = start_sync(sync_args, training_args, input_paths(model_args, data_args), data_args.restart_data)
     tokenizer = _load_tokenizer(model_args, training_args)
     max_len = training_args.model_max_length
     train_data = eval_data = None
@@ -458,6 +460,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         "global_step": 0,
         "resumed_from": session.resumed_from,
         "tokenized_from": train_data.origin if train_data is not None else None,  # local | remote | built
+        **summary_fields(session.inputs),  # inputs (fingerprints), restarted_data (--restart_data)
     }
     final_done = None
     if training_args.do_train:

@@ -37,6 +37,7 @@ def make_folder(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
 def fake_checkpoint(root: Path, step: int) -> Path:
     ckpt = make_folder(root / f"checkpoint-{step}", {"model.safetensors": 3000 + step, "optimizer.pt": 1000})
     (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (ckpt / "qa_train_complete.json").write_text("{}")  # what train's CheckpointMarker writes last
     return ckpt
 
 

@@ -82,6 +82,7 @@ class SyncSession:
     endpoint_url: str | None = None
     uploader: Any = None  # BackgroundUploader on world rank 0 when syncing
     tb: Any = None  # TensorBoardPusher on world rank 0 when syncing with --report_to tensorboard
+    inputs: Any = None  # qa_train.fingerprint.InputBinding when start_sync was given the input paths
 
     def committed_final(self) -> Any:
         """The run's ``final/`` folder when it is committed (manifest present, every file there with its
@@ -182,8 +183,18 @@ def _main_first(training_args: Any, desc: str) -> Any:
     return ctx(local=True, desc=desc)
 
 
-def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
-    """Check storage access, pick the resume point, and build the upload callback — before any training."""
+def start_sync(
+    sync_args: SyncArguments,
+    training_args: Any,
+    inputs: dict[str, str | None] | None = None,
+    restart_data: bool = False,
+) -> SyncSession:
+    """Check storage access, bind the run to its inputs, pick the resume point, and build the upload
+    callback — before any training.
+
+    ``inputs`` (flag → local path): fingerprinted and compared with the run's record before any checkpoint is
+    resumed (``qa_train.fingerprint``); a difference refuses (``InputsChanged``) unless ``restart_data``,
+    which removes the old checkpoints and starts from step 0."""
     resume = sync_args.resume or ("auto" if sync_args.sync_to else None)
     session = SyncSession()
     if sync_args.sync_to:
@@ -212,16 +223,20 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
 
                 session.tb = TensorBoardPusher(session.client, session.run.child(TB), Path(tb_dir))
                 session.callbacks.append(TensorBoardSyncCallback(session.tb))
-    if resume not in (None, "never"):
+    if inputs is not None or resume not in (None, "never"):
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            _resolve_resume(session, resume, sync_args, training_args)
-        except (BotoCoreError, ClientError) as exc:
-            where = session.run or S3Location.parse(resume)
-            raise StorageAccessError(
-                f"resume failed: {describe_error(exc, where, session.endpoint_url)}"
-            ) from exc
+        with _main_first(training_args, "inputs and resume"):  # rank 0 records/removes first
+            try:
+                if inputs is not None:
+                    resume = _bind_inputs(session, inputs, resume, restart_data, training_args)
+                if resume not in (None, "never"):
+                    _resolve_resume(session, resume, sync_args, training_args)
+            except (BotoCoreError, ClientError) as exc:
+                where = session.run or S3Location.parse(str(resume))
+                raise StorageAccessError(
+                    f"resume failed: {describe_error(exc, where, session.endpoint_url)}"
+                ) from exc
     if session.run is not None:
         logger.info(
             "Syncing checkpoints to %s (endpoint %s)",
@@ -231,37 +246,73 @@ def start_sync(sync_args: SyncArguments, training_args: Any) -> SyncSession:
     return session
 
 
+def _bind_inputs(
+    session: SyncSession, inputs: dict[str, str | None], resume: str | None, restart: bool, training_args: Any
+) -> str | None:
+    """Fingerprint the inputs and check them against the run's record; the resume mode to use next
+    (``never`` after --restart_data removed the old checkpoints)."""
+    from qa_train.fingerprint import current_inputs
+
+    from .resume import bind_inputs
+
+    session.inputs = bind_inputs(
+        session.client,
+        session.run,
+        Path(training_args.output_dir),
+        current_inputs(inputs),
+        resume=resume,
+        restart=restart,
+        write=_is_world_zero(training_args),
+    )
+    return "never" if session.inputs.restarted is not None else resume
+
+
 def _resolve_resume(session: SyncSession, resume: str, sync_args: SyncArguments, training_args: Any) -> None:
     output_dir = Path(training_args.output_dir)
     progress = bool(getattr(training_args, "should_log", True)) and not getattr(
         training_args, "disable_tqdm", False
     )
-    with _main_first(training_args, "resume"):
-        if resume == "auto":
-            from .resume import find_resume_point
+    if resume == "auto":
+        from .resume import find_resume_point
 
-            point = find_resume_point(
-                session.client, session.run, output_dir, endpoint_url=session.endpoint_url, progress=progress
+        point = find_resume_point(
+            session.client, session.run, output_dir, endpoint_url=session.endpoint_url, progress=progress
+        )
+        if point is not None:
+            session.resume_from, session.resumed_from = point.local_dir, point.source
+    elif resume.startswith("s3://"):
+        from .resume import download_checkpoint, incomplete_reason
+
+        src = S3Location.parse(resume)
+        dest = output_dir / src.prefix.rsplit("/", 1)[-1]
+        if not dest.is_dir() or incomplete_reason(dest) is not None:
+            if dest.exists():  # cut mid-save or mid-copy: the committed remote copy replaces it
+                logger.warning("Replacing incomplete local %s (%s)", dest, incomplete_reason(dest))
+                import shutil
+
+                shutil.rmtree(dest)
+            client = session.client or make_client(sync_args.s3_endpoint_url, sync_args.s3_max_attempts)
+            logger.info("Resuming from %s (%s)", dest.name, src.uri)
+            dest = download_checkpoint(client, src, output_dir, endpoint_url=sync_args.s3_endpoint_url)
+        session.resume_from, session.resumed_from = str(dest), src.uri
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise SyncError(
+                f"--resume {resume!r}: no such checkpoint folder (use auto, never, a path or s3://…)"
             )
-            if point is not None:
-                session.resume_from, session.resumed_from = point.local_dir, point.source
-        elif resume.startswith("s3://"):
-            from .resume import download_checkpoint
+        from .resume import TRAINER_STATE, incomplete_reason
 
-            src = S3Location.parse(resume)
-            dest = output_dir / src.prefix.rsplit("/", 1)[-1]
-            if not (dest / "trainer_state.json").is_file():
-                client = session.client or make_client(sync_args.s3_endpoint_url, sync_args.s3_max_attempts)
-                logger.info("Resuming from %s (%s)", dest.name, src.uri)
-                dest = download_checkpoint(client, src, output_dir, endpoint_url=sync_args.s3_endpoint_url)
-            session.resume_from, session.resumed_from = str(dest), src.uri
-        else:
-            path = Path(resume)
-            if not path.is_dir():
+        why = incomplete_reason(path)
+        if why is not None:
+            try:  # a checkpoint written elsewhere may lack our marker; a cut-off one has no readable state
+                json.loads((path / TRAINER_STATE).read_text())
+            except (OSError, ValueError):
                 raise SyncError(
-                    f"--resume {resume!r}: no such checkpoint folder (use auto, never, a path or s3://…)"
-                )
-            session.resume_from = session.resumed_from = str(path)
+                    f"--resume {resume}: an incomplete checkpoint ({why}); pick another"
+                ) from None
+            logger.warning("--resume %s: %s; its %s reads, resuming from it", resume, why, TRAINER_STATE)
+        session.resume_from = session.resumed_from = str(path)
 
 
 def upload_directory(

@@ -22,17 +22,41 @@ class ResumePoint:
     source: str  # s3 URI or local path, for train_summary.json
 
 
+def incomplete_reason(ckpt: Path) -> str | None:
+    """Why a local checkpoint folder cannot be resumed from (None: complete).
+
+    Complete means the completion marker (``qa_train.fsutil.MARKER``) is there: the CheckpointMarker callback
+    writes it after the Trainer finished the folder, so a save cut off by a full disk or a kill (a 0-byte
+    ``trainer_state.json``, missing weights) never has it."""
+    from qa_train.fsutil import MARKER, read_marker
+
+    state = ckpt / TRAINER_STATE
+    size = state.stat().st_size if state.is_file() else None
+    marked = read_marker(ckpt) is not None
+    if marked and size:
+        return None
+    problems = [] if marked else [f"no {MARKER}"]
+    problems.append(
+        f"no {TRAINER_STATE}" if size is None else f"{TRAINER_STATE} is 0 bytes" if size == 0 else ""
+    )
+    return "; ".join(p for p in problems if p)
+
+
 def newest_local(output_dir: Path) -> tuple[int, Path] | None:
-    best: tuple[int, Path] | None = None
+    """The newest complete local checkpoint; each newer incomplete one is skipped with a warning."""
+    found: list[tuple[int, Path]] = []
     if not output_dir.is_dir():
         return None
     for child in output_dir.iterdir():
         m = CHECKPOINT_RE.match(child.name)
-        if m and child.is_dir() and (child / TRAINER_STATE).is_file():
-            step = int(m.group(1))
-            if best is None or step > best[0]:
-                best = (step, child)
-    return best
+        if m and child.is_dir():
+            found.append((int(m.group(1)), child))
+    for step, child in sorted(found, reverse=True):
+        why = incomplete_reason(child)
+        if why is None:
+            return step, child
+        logger.warning("Skipping incomplete local checkpoint %s (%s): not resuming from it", child, why)
+    return None
 
 
 def download_checkpoint(
@@ -93,3 +117,137 @@ def find_resume_point(
             continue
         return ResumePoint(str(local_dir), candidate.uri)
     raise SyncError(f"no usable checkpoint under {run.uri if run else '?'}: " + "; ".join(errors))
+
+
+def _read_remote_record(client: Any, run: S3Location) -> str | None:
+    """``<run>/inputs.json``'s text, None when absent (botocore errors propagate: the caller names them)."""
+    from botocore.exceptions import ClientError
+
+    from qa_train.fingerprint import INPUTS_NAME
+
+    try:
+        return client.get_object(Bucket=run.bucket, Key=run.key(INPUTS_NAME))["Body"].read().decode()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+
+
+def _leftovers(client: Any | None, run: S3Location | None, output_dir: Path) -> list[str]:
+    """Checkpoints a resume could take: local checkpoint-* folders, committed remote ones."""
+    names = set()
+    if output_dir.is_dir():
+        names |= {c.name for c in output_dir.iterdir() if CHECKPOINT_RE.match(c.name) and c.is_dir()}
+    if client is not None and run is not None:
+        names |= {f.uri for f in committed_checkpoints(client, run)}
+    return sorted(names)
+
+
+def _remove_outputs(client: Any | None, run: S3Location | None, output_dir: Path) -> list[str]:
+    """--restart_data: every checkpoint (remote first, then local) and the remote final/merged/eval of the old
+    data go, so no later resume can pick them up. Returns what was removed."""
+    from qa_train.contract import EVAL, FINAL, MERGED
+
+    from .remote import delete_folder, list_run
+    from .worker import PENDING_DIR
+
+    removed = []
+    if client is not None and run is not None:
+        for f in list_run(client, run):
+            if f.step is not None or f.name in (FINAL, MERGED, EVAL):
+                delete_folder(client, run.child(f.name))
+                removed.append(f.uri)
+    if output_dir.is_dir():
+        for child in sorted(output_dir.iterdir()):
+            if child.is_dir() and (CHECKPOINT_RE.match(child.name) or child.name == PENDING_DIR):
+                shutil.rmtree(child)
+                removed.append(str(child))
+    return removed
+
+
+def bind_inputs(
+    client: Any | None,
+    run: S3Location | None,
+    output_dir: Path,
+    current: dict[str, Any],
+    *,
+    resume: str | None,
+    restart: bool,
+    write: bool,
+) -> Any:
+    """Compare the run's recorded input fingerprints with ``current`` before any checkpoint is resumed.
+
+    Differing data inputs with a checkpoint to resume: ``InputsChanged`` (one line), nothing touched. With
+    ``restart`` (--restart_data) the old checkpoints are removed instead and the caller trains from step 0.
+    The record (``<run>/inputs.json`` and ``output_dir/inputs.json``) is written after any removal (``write``:
+    world rank 0), so a launch cut off in between still sees the old record. Returns an ``InputBinding``."""
+    from qa_train.fingerprint import (
+        INPUTS_NAME,
+        InputBinding,
+        InputsChanged,
+        changed_line,
+        parse_record,
+        read_local_record,
+        record_document,
+        warn_model_change,
+        write_local_record,
+    )
+
+    binding = InputBinding(inputs=current)
+    remote_found = False
+    if client is not None and run is not None:
+        text = _read_remote_record(client, run)
+        if text is not None:
+            binding.recorded = parse_record(text, run.child(INPUTS_NAME).uri)
+            binding.source = run.child(INPUTS_NAME).uri
+            remote_found = binding.recorded is not None
+    if binding.recorded is None:
+        binding.recorded = read_local_record(output_dir)
+        binding.source = str(output_dir / INPUTS_NAME)
+    warn_model_change(binding)
+    changed = binding.changed
+    if changed:
+        # resume None (no --sync_to, no --resume): this launch starts from step 0 whatever is on disk
+        leftovers = _leftovers(client, run, output_dir) if resume is not None else []
+        if resume not in (None, "auto", "never"):
+            leftovers.append(resume)  # an explicit checkpoint to resume
+        if restart:
+            removed = _remove_outputs(client, run, output_dir) if write else []
+            recorded = binding.recorded or {}
+            binding.restarted = {
+                "changed": changed,
+                "recorded": {f: recorded.get(f) for f in changed},
+                "removed": removed,
+            }
+            logger.warning(
+                "--restart_data: %s differ(s) from the record (%s); removed %d old checkpoint/output folder(s); "
+                "training from step 0",
+                ", ".join(changed),
+                binding.source,
+                len(removed),
+            )
+        elif leftovers:
+            raise InputsChanged(changed_line(changed[0], binding.recorded or {}, current, binding.source))
+        else:
+            logger.warning(
+                "%s differ(s) from the record (%s) but there is no checkpoint to resume: starting from step 0 "
+                "and recording the new inputs",
+                ", ".join(changed),
+                binding.source,
+            )
+    elif restart and binding.recorded is not None:
+        logger.info("--restart_data: the inputs are the recorded ones; nothing to restart")
+    if write:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        local_ok = read_local_record(output_dir) == current
+        if binding.recorded is None or changed or not local_ok:
+            write_local_record(output_dir, current)
+        if client is not None and run is not None and (not remote_found or changed):
+            import json
+
+            body = json.dumps(record_document(current), indent=1, sort_keys=True).encode()
+            client.put_object(
+                Bucket=run.bucket, Key=run.key(INPUTS_NAME), Body=body, ContentType="application/json"
+            )
+            logger.info("Recorded the run's input fingerprints in %s", run.child(INPUTS_NAME).uri)
+    return binding
