@@ -7,7 +7,8 @@ disk, reuses it). Failures are one :class:`InputError` that names the URI: exit 
 (403, 404, timeout, connection refused, short read), exit 2 for a URI that is malformed in itself.
 
 The hub token (``HF_TOKEN``) is sent only to the hub host (``HF_ENDPOINT`` or huggingface.co); redirects are
-followed by hand so it never reaches the CDN or any other host. Imports requests/boto3 lazily.
+followed by hand so it never reaches the CDN or any other host. Imports requests/boto3 lazily; every S3 call
+goes through the storage adapter (``qa_train.storage``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urljoin, urlparse
 
-from qa_train.contract import hub_endpoint, hub_file_url, input_kind, split_s3_uri
+from qa_train.contract import hub_endpoint, hub_file_url, input_kind
 from qa_train.fsutil import atomic_path
+from qa_train.storage.uris import split_s3_uri
 
 logger = logging.getLogger("qa_train.inputs")
 ENV_CACHE = "QA_INPUT_CACHE"  # overrides ~/.cache/qa_train/inputs
@@ -283,87 +285,73 @@ def _write_atomically(
 # ---------------------------------------------------------------------------------------------------- S3
 
 
-def _s3_client() -> Any:
-    from qa_train.sync.storage import make_client
-
-    return make_client(None, max_attempts=3)
-
-
 def _s3_error(exc: BaseException, uri: str, what: str) -> InputError:
-    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+    """The storage adapter's reading of the error (``classify``), in this module's short words."""
+    from qa_train.storage import Problem, classify, error_code, resolve_endpoint, scrub
 
-    from qa_train.sync.storage import resolve_endpoint, scrub
-
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+    problem = classify(exc)
+    if problem is Problem.NO_CREDENTIALS:
         return InputError(f"{what}: {uri}: no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "NoSuchBucket":
-            return InputError(f"{what}: {uri}: the bucket does not exist")
-        if code in ("404", "NoSuchKey", "NotFound") or status == 404:
-            return InputError(f"{what}: {uri}: not found")
-        if (
-            code in ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
-            or status == 403
-        ):
-            return InputError(f"{what}: {uri}: access refused ({code or status})")
-        return InputError(f"{what}: {uri}: S3 error {code or status} {err.get('Message', '')}".rstrip())
+    if problem is Problem.NO_BUCKET:
+        return InputError(f"{what}: {uri}: the bucket does not exist")
+    if problem is Problem.NOT_FOUND:
+        return InputError(f"{what}: {uri}: not found")
+    if problem in (Problem.DENIED, Problem.BAD_CREDENTIALS):
+        return InputError(f"{what}: {uri}: access refused ({error_code(exc)})")
+    message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
+    if problem is Problem.OTHER and getattr(exc, "response", None):
+        return InputError(f"{what}: {uri}: S3 error {error_code(exc)} {message}".rstrip())
     endpoint = resolve_endpoint(None) or "AWS default"
     return InputError(scrub(f"{what}: {uri}: cannot reach S3 (endpoint {endpoint}): {_short(exc)}"))
 
 
 def _fetch_s3(uri: str, target: Path, *, what: str, expect: Expect, progress: bool) -> str:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from qa_train.sync.storage import list_keys
+    """One object (streamed, size-checked) or every object under a prefix (one s3transfer batch); an outage
+    is retried for ``QA_S3_RETRY_S`` seconds like an upload."""
+    from qa_train.storage import RetryPolicy, S3UriError, make_client, retrying
 
     try:
         bucket, key = split_s3_uri(uri)
-    except ValueError as e:
+    except S3UriError as e:
         raise InputError(f"{what}: {e}", EXIT_USAGE) from None
     if (target.is_file() and expect != "folder") or (target.is_dir() and expect != "file"):
         logger.info("%s: using the cached copy of %s (%s)", what, uri, target)
         return str(target)
-    client = _s3_client()
     try:
-        size: int | None = None
-        if not key.endswith("/") and expect != "folder":
-            try:
-                size = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
-            except ClientError as e:
-                if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                    raise
-        if size is not None:
-            _write_atomically(
-                target,
-                lambda write: _s3_stream(client, bucket, key, write),
-                size,
-                uri=uri,
-                what=what,
-                progress=progress,
-            )
-            return str(target)
-        prefix = key.rstrip("/") + "/"
-        keys = list_keys(client, bucket, prefix)
-        if not keys:
-            raise InputError(f"{what}: {uri}: not found")
-        if expect == "file":
-            raise InputError(f"{what}: {uri} is a folder ({len(keys)} objects); this input must be one file")
-        _download_s3_folder(client, bucket, prefix, keys, target, uri=uri, what=what, progress=progress)
-        return str(target)
-    except (ClientError, BotoCoreError) as e:
+        policy = RetryPolicy.uploads()
+    except ValueError as e:
+        raise InputError(f"{what}: {e}", EXIT_USAGE) from None
+    client = make_client(None, policy=policy.with_attempts(3))
+    try:
+        retrying(lambda: _fetch_s3_once(client, bucket, key, target, uri=uri, what=what, expect=expect,
+                                        progress=progress), policy, f"fetch {uri}")  # fmt: skip
+    except InputError:
+        raise
+    except Exception as e:  # botocore's errors and the adapter's: one line naming the URI
         raise _s3_error(e, uri, what) from None
+    return str(target)
 
 
-def _s3_stream(client: Any, bucket: str, key: str, write: Callable[[bytes], None]) -> None:
-    body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    try:
-        while chunk := body.read(1 << 20):
-            write(chunk)
-    finally:
-        body.close()
+def _fetch_s3_once(
+    client: Any, bucket: str, key: str, target: Path, *, uri: str, what: str, expect: Expect, progress: bool
+) -> None:
+    from qa_train.storage import head, list_keys, stream_to
+
+    size: int | None = None
+    if not key.endswith("/") and expect != "folder":
+        meta = head(client, bucket, key)
+        size = None if meta is None else int(meta["ContentLength"])
+    if size is not None:
+        _write_atomically(target, lambda write: stream_to(client, bucket, key, write), size, uri=uri, what=what,
+                          progress=progress)  # fmt: skip
+        return
+    prefix = key.rstrip("/") + "/"
+    keys = list_keys(client, bucket, prefix)
+    if not keys:
+        raise InputError(f"{what}: {uri}: not found")
+    if expect == "file":
+        raise InputError(f"{what}: {uri} is a folder ({len(keys)} objects); this input must be one file")
+    _download_s3_folder(client, bucket, prefix, keys, target, uri=uri, what=what, progress=progress)
 
 
 def _download_s3_folder(
@@ -377,37 +365,36 @@ def _download_s3_folder(
     what: str,
     progress: bool,
 ) -> None:
-    """Every key under ``prefix`` into a temp folder, each size-checked, then one rename into place."""
+    """Every key under ``prefix`` into a temp folder (one s3transfer batch), each size-checked, then one rename
+    into place: the cache never holds half a folder."""
+    from qa_train.storage import Transfers, safe_relpaths
+
+    try:
+        items = safe_relpaths(prefix, keys)
+    except ValueError as e:
+        raise InputError(f"{what}: {uri}: {e}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
-    bar = _bar(sum(keys.values()), f"fetch {target.name}/", progress)
     try:
-        for key, size in sorted(keys.items()):
-            rel = key[len(prefix) :]
-            if not rel or rel.endswith("/"):
-                continue  # a "folder marker" object some tools create
-            if any(part in ("", ".", "..") for part in rel.split("/")):
-                raise InputError(f"{what}: {uri}: refusing the object name {rel!r}")
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(dest, "wb") as fh:
-
-                def write(chunk: bytes, fh: Any = fh) -> None:
-                    fh.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-
-                _s3_stream(client, bucket, key, write)
-            got = dest.stat().st_size
-            if got != size:
-                raise InputError(f"{what}: {uri}: size mismatch for {rel}: got {got} bytes, expected {size}")
+        total = sum(keys[k] for k, _ in items)
+        with Transfers(client, total_bytes=total, desc=f"fetch {target.name}/", progress=progress) as batch:
+            for key, rel in items:
+                batch.download(rel, bucket, key, tmp / rel, keys[key])
+            result = batch.finish()
+        if result.failed:
+            assert result.error is not None
+            raise result.error
+        for key, rel in items:
+            got = (tmp / rel).stat().st_size
+            if got != keys[key]:
+                raise InputError(
+                    f"{what}: {uri}: size mismatch for {rel}: got {got} bytes, expected {keys[key]}"
+                )
         try:
             os.replace(tmp, target)
         except OSError:
             if not target.is_dir():  # a concurrent fetch put it there first: keep theirs
                 raise
-        logger.info("%s: fetched %s (%d objects) to %s", what, uri, len(keys), target)
+        logger.info("%s: fetched %s (%d objects) to %s", what, uri, len(items), target)
     finally:
-        if bar is not None:
-            bar.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,8 +21,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from qa_train.contract import METRICS_NAME, PACKING_NAME, RunLayout, RunMetrics, RunStore
+from qa_train.contract import METRICS_NAME, PACKING_NAME, RunLayout, RunMetrics
 from qa_train.fsutil import atomic_write_text
+from qa_train.storage import RunStore
 
 logger = logging.getLogger("qa_train.metrics")
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qa_train.contract import METRICS_NAME, PACKING_NAME, REPORT_DIR, REPORT_NAME, RunLayout, RunStore
+from qa_train.contract import METRICS_NAME, PACKING_NAME, REPORT_DIR, REPORT_NAME, RunLayout
+from qa_train.storage import RunStore
 
 # The seed model's published HotpotQA row (qa-expert-7B-V1.0, github.com/khaimt/qa_expert README).
 SEED_ROW = {"model": "qa-expert-7B-V1.0 (published)", "recall": 0.7257, "containing_acc": 0.668}
@@ -62,7 +63,7 @@ def load_local(run: Path) -> RunData:
 
 
 def load_s3(uri: str, endpoint_url: str | None = None) -> RunData:
-    from qa_train.sync.storage import S3Location
+    from qa_train.storage import S3Location
 
     store = RunStore(RunLayout(uri.rstrip("/")), endpoint_url)
     data = RunData(uri)

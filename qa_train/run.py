@@ -43,11 +43,11 @@ from qa_train.contract import (
     RunLayout,
     RunReport,
     RunState,
-    RunStore,
     StageResult,
 )
 from qa_train.fsutil import atomic_write_text
 from qa_train.spec import JobSpec, Plan, RenderedSpec, SpecError, load_any
+from qa_train.storage import RunStore
 
 logger = logging.getLogger("qa_train.run")
 ENV_VAR = ENV_SPEC
@@ -456,7 +456,7 @@ class Reporter:
 
 def restore(store: RunStore, folder: str, local: Path) -> None:
     """Pull a committed folder (e.g. final/) into ``local`` (kept files of the same name are replaced)."""
-    from qa_train.sync.storage import S3Location, make_client
+    from qa_train.storage import make_client
     from qa_train.sync.transfer import pull_directory
 
     tmp = local.parent / f".restore-{local.name}"
@@ -464,7 +464,7 @@ def restore(store: RunStore, folder: str, local: Path) -> None:
     client = make_client(store.endpoint_url)
     pull_directory(
         client,
-        S3Location.parse(store.layout.child(folder)),
+        store.location(folder),
         tmp,
         progress=False,
         endpoint_url=store.endpoint_url,
@@ -611,16 +611,12 @@ def read_spec_uri(uri: str) -> str:
     except ValueError as e:
         raise SpecFetchError(f"{ENV_SPEC_URI}: {e}", 2) from None
     try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError as e:  # pragma: no cover - boto3 is in every image
-        raise SpecFetchError(f"cannot read the job spec {uri}: {e}", EXIT_STORAGE) from None
-    try:
         text = store.get_text(name)
-    except (BotoCoreError, ClientError) as e:
-        from qa_train.sync.storage import S3Location, describe_error
+    except Exception as e:  # botocore's errors, described by the storage adapter
+        from qa_train.storage import describe_error
 
         raise SpecFetchError(
-            f"cannot read the job spec {uri}: {describe_error(e, S3Location.parse(uri), None)}", EXIT_STORAGE
+            f"cannot read the job spec {uri}: {describe_error(e, uri)}", EXIT_STORAGE
         ) from None
     if text is None:
         raise SpecFetchError(f"cannot read the job spec {uri}: no such object", EXIT_STORAGE)
@@ -717,6 +713,11 @@ def main(argv: list[str]) -> int:
     from qa_train.logs import SHORT_FORMAT, setup_logging
 
     setup_logging(fmt=SHORT_FORMAT, datefmt=None)
+    from qa_train.driver import enforce  # the image's driver floor (QA_MIN_DRIVER), before any paid-for stage
+
+    if driver_error := enforce():
+        print(f"error: {driver_error}", file=sys.stderr)
+        return 2
     for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:

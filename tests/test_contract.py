@@ -8,17 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qa_train.contract import (
-    RunLayout,
-    RunReport,
-    RunState,
-    RunStore,
-    StageResult,
-    hub_file_url,
-    input_kind,
-    split_s3_uri,
-    upload_dir,
-)
+from qa_train.contract import RunLayout, RunReport, RunState, StageResult, hub_file_url, input_kind
+from qa_train.storage import RunStore, split_s3_uri, upload_dir
 
 
 def _commit(s3, run: str, folder: str, files: dict[str, bytes]) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qa_train.contract import upload_dir
 from qa_train.inputs import InputError, fetch_input, local_path_for
+from qa_train.storage import upload_dir
 from tests.loopback import LoopbackServer
 
 BODY = json.dumps([{"id": i} for i in range(200)]).encode()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qa_train.contract import RunLayout, RunStore
+from qa_train.contract import RunLayout
 from qa_train.instance_stop import plan_stop, stop_self
+from qa_train.storage import RunStore
 from tests.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent

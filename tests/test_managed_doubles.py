@@ -33,7 +33,8 @@ from launch.gpus import get_profile
 from launch.jobs.controller import Controller
 from launch.jobs.recovery import RecoveryPolicy
 from launch.jobs.state import JobState, Registry
-from qa_train.contract import ENV_SPEC_URI, RunLayout, RunReport, RunState, RunStore, StageResult
+from qa_train.contract import ENV_SPEC_URI, RunLayout, RunReport, RunState, StageResult
+from qa_train.storage import RunStore
 from tests.doubles.common import ApiDouble, Reply
 from tests.doubles.runpod_api import NO_CAPACITY, RunpodDouble, make_gpu_type
 from tests.doubles.vast_api import VastDouble, make_offer

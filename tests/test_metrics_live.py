@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from qa_train.contract import METRICS_NAME, PACKING_NAME, RunLayout, RunMetrics, RunStore
+from qa_train.contract import METRICS_NAME, PACKING_NAME, RunLayout, RunMetrics
 from qa_train.metrics import LiveMetrics, packing_profile, thin
+from qa_train.storage import RunStore
 from tests.conftest import REPO
 
 

@@ -204,7 +204,8 @@ def test_docker_stop_saves_and_commits_then_report_stays_running(s3, cpu_image, 
     import tempfile
     import uuid
 
-    from qa_train.contract import RunLayout, RunStore
+    from qa_train.contract import RunLayout
+    from qa_train.storage import RunStore
 
     data = Path(tempfile.mkdtemp(prefix="qa-dstop-", dir="/tmp"))
     name = f"qa-dstop-{uuid.uuid4().hex[:8]}"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from qa_train.contract import RunLayout, RunReport, RunState, RunStore, upload_dir
+from qa_train.contract import RunLayout, RunReport, RunState
 from qa_train.run import Reporter, Stage, run_stages
 from qa_train.spec import parse_job
+from qa_train.storage import RunStore, upload_dir
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from launch.jobs.watch import CLEAR, duration, one_line, progress, progress_lines, watch
-from qa_train.contract import RunLayout, RunMetrics, RunReport, RunState, RunStore, StageResult
+from qa_train.contract import RunLayout, RunMetrics, RunReport, RunState, StageResult
+from qa_train.storage import RunStore
 from tests.test_submit_cli import _cloud_job, _fake_clouds, _main
 
 

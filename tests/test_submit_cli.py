@@ -239,7 +239,8 @@ def _main(monkeypatch, tmp_path: Path, argv: list[str]) -> int:
 def test_cloud_submit_uploads_the_spec_before_renting_and_sends_only_short_env(
     tmp_path, s3, monkeypatch, capsys
 ):
-    from qa_train.contract import ENV_SPEC, RunLayout, RunReport, RunState, RunStore, StageResult
+    from qa_train.contract import ENV_SPEC, RunLayout, RunReport, RunState, StageResult
+    from qa_train.storage import RunStore
     from tests.test_controller import FakeCompute, offer
 
     cloud = FakeCompute(name="vast", market=[offer(1, 0.4, backend="vast")])

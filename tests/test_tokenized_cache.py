@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from qa_train.contract import RunLayout, RunStore
+from qa_train.contract import RunLayout
 from qa_train.data.tokenize import cache_identity, cache_key, load_tokenized
+from qa_train.storage import RunStore
 from qa_train.sync.remote import apply_retention, list_run
 from qa_train.sync.storage import S3Location
 from qa_train.sync.tokenized import DATA_NAME, KEY_NAME, RemoteTokenCache

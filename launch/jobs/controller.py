@@ -47,7 +47,7 @@ BUDGET_WARNING = "budget warning"  # how the warning reads; found again by its c
 
 
 class ReportSource(Protocol):
-    """Where the run's report is read (``qa_train.contract.RunStore``; an in-memory one in unit tests)."""
+    """Where the run's report is read (``qa_train.storage.RunStore``; an in-memory one in unit tests)."""
 
     def read_report(self) -> RunReport | None: ...
 

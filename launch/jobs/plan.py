@@ -15,8 +15,9 @@ from typing import Any
 from launch.backends.base import CloudError, Compute, LaunchRequest, OfferQuery, RegistryAuth
 from launch.gpus import get_profile
 from launch.jobs.state import JobOptions
-from qa_train.contract import ENV_KEEP_INSTANCE, ENV_SPEC, ENV_SPEC_URI, RunLayout, RunStore
+from qa_train.contract import ENV_KEEP_INSTANCE, ENV_SPEC, ENV_SPEC_URI, RunLayout
 from qa_train.spec import RenderedSpec
+from qa_train.storage import RunStore
 
 # What a cloud container gets besides the spec's URI (short values only: vast caps each at 256 characters).
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
@@ -157,8 +158,10 @@ def check_storage(store: RunStore) -> None:
     try:
         store.read_report()
     except Exception as e:  # botocore's errors (no credentials, 403, no bucket, no endpoint) are all this
+        from qa_train.storage import describe_error
+
         raise PlanningError(
             f"object storage {store.layout.root} is not usable with the given credentials "
             f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, endpoint {store.endpoint_url or 'AWS_ENDPOINT_URL'}): "
-            f"{type(e).__name__}: {e}"
+            f"{describe_error(e, store.layout.root, store.endpoint_url)}"
         ) from None

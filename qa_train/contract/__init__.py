@@ -22,6 +22,5 @@ from qa_train.contract.layout import *  # noqa: F403
 from qa_train.contract.outcome import *  # noqa: F403
 from qa_train.contract.report import *  # noqa: F403
 from qa_train.contract.run_metrics import *  # noqa: F403
-from qa_train.contract.store import *  # noqa: F403
 from qa_train.contract.train_summary import *  # noqa: F403
 from qa_train.contract.uris import *  # noqa: F403

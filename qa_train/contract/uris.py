@@ -1,19 +1,10 @@
-"""Input URIs a job spec may name (``s3://``, ``https://``, ``hf://datasets/…``): parsing only, no I/O."""
+"""Input URIs a job spec may name (``s3://``, ``https://``, ``hf://datasets/…``): parsing only, no I/O.
+
+S3 URIs themselves are parsed by the storage adapter (``qa_train.storage.S3Location``)."""
 
 from __future__ import annotations
 
 import os
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → (bucket, key); ``ValueError`` naming the URI when either part is missing."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket or not key.strip("/"):
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI (bucket and key both needed)")
-    return bucket, key
-
 
 # -- inputs: the URI forms a spec's data/model paths may take (the launcher may check them before renting) --
 

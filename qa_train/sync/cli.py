@@ -10,9 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from qa_train.logs import setup_logging
+from qa_train.storage import CredentialValueError, S3Location, check_access, head, make_client, scrub
 
 from .manifest import MANIFEST_NAME, ManifestError
-from .storage import CredentialValueError, S3Location, SyncError, check_access, make_client, scrub
+from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 
@@ -61,8 +62,7 @@ def _pull(client: object, loc: S3Location, dest: Path, progress: bool, endpoint_
     from .remote import newest_committed
     from .transfer import pull_directory
 
-    head = client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key(MANIFEST_NAME), MaxKeys=1)  # type: ignore[attr-defined]
-    if not head.get("KeyCount"):
+    if head(client, loc.bucket, loc.key(MANIFEST_NAME)) is None:
         newest = newest_committed(client, loc)
         if newest is None:
             raise SyncError(f"{loc.uri} is neither a committed folder nor a run with a committed checkpoint")

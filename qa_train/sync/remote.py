@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from qa_train.contract import TOKENIZED
+from qa_train.storage import S3Location, delete_key, delete_keys, list_keys
 
 from .manifest import MANIFEST_NAME, ManifestError
-from .storage import S3Location, SyncError, delete_keys, list_keys
+from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -86,7 +87,7 @@ def delete_folder(client: Any, loc: S3Location) -> None:
     keys = list_keys(client, loc.bucket, loc.dir_prefix)
     manifest_key = loc.key(MANIFEST_NAME)
     if manifest_key in keys:
-        client.delete_object(Bucket=loc.bucket, Key=manifest_key)
+        delete_key(client, loc.bucket, manifest_key)
     delete_keys(client, loc.bucket, [k for k in keys if k != manifest_key])
 
 

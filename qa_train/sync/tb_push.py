@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .storage import S3Location
+from qa_train.storage import S3Location, upload_file
 
 logger = logging.getLogger("qa_train.sync")
 
@@ -51,8 +51,8 @@ class TensorBoardPusher:
             done = 0
             for f in self.changed():
                 stamp = _stamp(f)  # taken before the upload: a file growing meanwhile goes again next time
-                self.client.upload_file(
-                    str(f), self.dest.bucket, self.dest.key(f.relative_to(self.tb_dir).as_posix())
+                upload_file(
+                    self.client, f, self.dest.bucket, self.dest.key(f.relative_to(self.tb_dir).as_posix())
                 )
                 self._sent[f] = stamp
                 done += 1

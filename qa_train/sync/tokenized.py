@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from qa_train.contract import TOKENIZED
+from qa_train.storage import S3Location, describe_error, list_keys
 
 from .manifest import MANIFEST_NAME, ManifestError
-from .storage import S3Location, SyncError, describe_error, list_keys
+from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 DATA_NAME = "tokenized.npz"

@@ -1,13 +1,28 @@
-"""Push / pull a whole folder: parallel multipart transfers, manifest last on push, verification on pull."""
+"""Push / pull a whole folder with its manifest: manifest last on push, verification on pull.
+
+The transfers themselves go through the storage adapter (``qa_train.storage.Transfers``, s3transfer); here is
+only the commit rule: a folder counts once ``_manifest.json`` is there, and a pulled folder appears only after
+every file matched it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
+
+from qa_train.storage import (
+    S3Location,
+    Transfers,
+    delete_key,
+    delete_keys,
+    describe_error,
+    get_bytes,
+    list_keys,
+    put_bytes,
+)
 
 from .manifest import (
     MANIFEST_NAME,
@@ -18,50 +33,9 @@ from .manifest import (
     sha256_file,
     verify_file,
 )
-from .storage import DEFAULT_CHUNK_BYTES, S3Location, SyncError, describe_error, list_keys, transfer_config
+from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
-
-
-class _Progress:
-    """Thread-safe byte counter feeding one tqdm bar (s3transfer calls back from its worker threads)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        from tqdm.auto import tqdm
-
-        self._lock = threading.Lock()
-        self.bar = tqdm(
-            total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled
-        )
-
-    def update(self, n: int) -> None:
-        with self._lock:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _subscriber(progress: _Progress, size: int | None = None) -> Any:
-    from s3transfer.subscribers import BaseSubscriber
-
-    class Sub(BaseSubscriber):
-        def on_queued(self, future: Any, **kwargs: Any) -> None:
-            if size is not None:
-                future.meta.provide_transfer_size(size)
-
-        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-            progress.update(bytes_transferred)
-
-    return Sub()
-
-
-def _manager(client: Any, concurrency: int, chunk_bytes: int | None, max_mbps: float = 0) -> Any:
-    from s3transfer.manager import TransferManager
-
-    chunk = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    cfg = transfer_config(concurrency, chunk, max_mbps)
-    return TransferManager(client, cfg)
 
 
 def push_directory(
@@ -83,6 +57,7 @@ def push_directory(
     ``extra_files`` are small in-memory files (name → bytes) uploaded alongside, e.g. ``train_summary.json``.
     ``max_mbps`` caps the upload rate (0: no cap), to leave bandwidth/CPU to training.
     ``top_level_only`` skips sub-folders (the final model sits next to checkpoint-* folders in output_dir).
+    Safe to call again after a failure: the folder is uncommitted first and leftovers are replaced.
     """
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
@@ -95,40 +70,31 @@ def push_directory(
     try:
         existing = list_keys(client, dest.bucket, dest.dir_prefix)
         if manifest_key in existing:  # uncommit first: a half-overwritten folder must never look committed
-            client.delete_object(Bucket=dest.bucket, Key=manifest_key)
+            delete_key(client, dest.bucket, manifest_key)
     except Exception as exc:  # botocore errors: describe and stop before uploading anything
         raise SyncError(f"cannot push {local_dir}: {describe_error(exc, dest, endpoint_url)}") from exc
 
     total = sum(size for _, _, size in files) + sum(len(b) for b in extra_files.values())
-    bar = _Progress(total, f"push {dest.uri}", progress)
-    manager = _manager(client, concurrency, chunk_bytes, max_mbps)
-    futures = []
     entries: list[FileEntry] = []
-    failed: list[str] = []
     try:
-        # Largest first: the long multipart uploads start early and small files fill the gaps.
-        for rel, path, _size in sorted(files, key=lambda f: -f[2]):
-            fut = manager.upload(str(path), dest.bucket, dest.key(rel), subscribers=[_subscriber(bar)])
-            futures.append((rel, fut))
-        for rel, path, size in files:
-            entries.append(FileEntry(rel, size, sha256_file(path)))
-
-        for name, data in extra_files.items():
-            client.put_object(Bucket=dest.bucket, Key=dest.key(name), Body=data)
-            bar.update(len(data))
-            entries.append(FileEntry(name, len(data), hashlib.sha256(data).hexdigest()))
-        first_exc: BaseException | None = None
-        for rel, fut in futures:
-            try:
-                fut.result()
-            except Exception as exc:
-                failed.append(rel)
-                first_exc = first_exc or exc
-        if failed:
+        with Transfers(client, total_bytes=total, desc=f"push {dest.uri}", progress=progress,
+                       concurrency=concurrency, chunk_bytes=chunk_bytes, max_mbps=max_mbps) as batch:  # fmt: skip
+            # Largest first: the long multipart uploads start early and small files fill the gaps.
+            for rel, path, _size in sorted(files, key=lambda f: -f[2]):
+                batch.upload(rel, path, dest.bucket, dest.key(rel))
+            for rel, path, size in files:
+                entries.append(FileEntry(rel, size, sha256_file(path)))
+            for name, data in extra_files.items():
+                put_bytes(client, dest.bucket, dest.key(name), data)
+                batch.bar.update(len(data))
+                entries.append(FileEntry(name, len(data), hashlib.sha256(data).hexdigest()))
+            result = batch.finish()
+        if result.failed:
+            failed = result.failed
             raise SyncError(
                 f"upload to {dest.uri} failed for {len(failed)} file(s) ({', '.join(failed[:5])}"
-                f"{', …' if len(failed) > 5 else ''}): {describe_error(first_exc, dest, endpoint_url)}"
-            ) from first_exc
+                f"{', …' if len(failed) > 5 else ''}): {describe_error(result.error, dest, endpoint_url)}"  # type: ignore[arg-type]
+            ) from result.error
         for _rel, path, size in files:
             if path.stat().st_size != size:
                 raise SyncError(f"{path} changed while it was being uploaded; not committing {dest.uri}")
@@ -136,24 +102,14 @@ def push_directory(
         raise
     except Exception as exc:
         raise SyncError(f"upload to {dest.uri} failed: {describe_error(exc, dest, endpoint_url)}") from exc
-    finally:
-        manager.shutdown(cancel=bool(failed))
-        bar.close()
 
     manifest = Manifest(files=sorted(entries, key=lambda e: e.path))
     wanted = {dest.key(e.path) for e in manifest.files} | {manifest_key}
     try:
         stale = [k for k in existing if k not in wanted]
         if stale:  # leftovers of an earlier, different upload to the same folder
-            from .storage import delete_keys
-
             delete_keys(client, dest.bucket, stale)
-        client.put_object(
-            Bucket=dest.bucket,
-            Key=manifest_key,
-            Body=manifest.to_json().encode(),
-            ContentType="application/json",
-        )
+        put_bytes(client, dest.bucket, manifest_key, manifest.to_json().encode(), "application/json")
     except Exception as exc:
         raise SyncError(f"commit of {dest.uri} failed: {describe_error(exc, dest, endpoint_url)}") from exc
     return manifest
@@ -161,18 +117,12 @@ def push_directory(
 
 def read_manifest(client: Any, src: S3Location) -> Manifest:
     """The committed manifest of ``src``; a clear error when the folder is not committed."""
-    from botocore.exceptions import ClientError
-
-    key = src.key(MANIFEST_NAME)
     try:
-        body = client.get_object(Bucket=src.bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise SyncError(
-                f"{src.uri} has no {MANIFEST_NAME}: not a committed checkpoint (upload incomplete?)"
-            ) from exc
+        body = get_bytes(client, src.bucket, src.key(MANIFEST_NAME))
+    except Exception as exc:
         raise SyncError(describe_error(exc, src, None)) from exc
+    if body is None:
+        raise SyncError(f"{src.uri} has no {MANIFEST_NAME}: not a committed checkpoint (upload incomplete?)")
     return Manifest.from_json(body, f"{src.uri}/{MANIFEST_NAME}")
 
 
@@ -196,25 +146,18 @@ def pull_directory(
     tmp = dest.parent / f".{dest.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    bar = _Progress(manifest.total_bytes, f"pull {src.uri}", progress)
-    manager = _manager(client, concurrency, None)
     ok = False
     try:
-        futures = []
-        for entry in manifest.files:
-            target = tmp / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fut = manager.download(
-                src.bucket, src.key(entry.path), str(target), subscribers=[_subscriber(bar, entry.size)]
-            )
-            futures.append((entry, fut))
-        for entry, fut in futures:
-            try:
-                fut.result()
-            except Exception as exc:
-                raise SyncError(
-                    f"download of {src.uri}/{entry.path} failed: {describe_error(exc, src, endpoint_url)}"
-                ) from exc
+        with Transfers(client, total_bytes=manifest.total_bytes, desc=f"pull {src.uri}", progress=progress,
+                       concurrency=concurrency) as batch:  # fmt: skip
+            for entry in manifest.files:
+                batch.download(entry.path, src.bucket, src.key(entry.path), tmp / entry.path, entry.size)
+            result = batch.finish()
+        if result.failed:
+            raise SyncError(
+                f"download of {src.uri}/{result.failed[0]} failed: "
+                f"{describe_error(result.error, src, endpoint_url)}"  # type: ignore[arg-type]
+            ) from result.error
         for entry in manifest.files:
             try:
                 verify_file(tmp / entry.path, entry, src.uri)
@@ -226,8 +169,6 @@ def pull_directory(
         tmp.rename(dest)
         ok = True
     finally:
-        manager.shutdown(cancel=not ok)
-        bar.close()
         if not ok:
             shutil.rmtree(tmp, ignore_errors=True)
     return manifest
