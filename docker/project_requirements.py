@@ -5,7 +5,9 @@ copied, so editing code does not reinstall torch-sized dependencies. Both Docker
 same ``--extras`` so the GPU and CPU images carry the same project extras; the CPU image passes
 ``--exclude flash-attn`` (CUDA-only) and the GPU image installs flash-attn in its own build stage.
 
-Usage: python project_requirements.py pyproject.toml --extras gpu [--exclude flash-attn] [--self-name]
+The core list is the launcher's; the images ask for ``train`` (torch, transformers, ...) among their extras.
+
+Usage: python project_requirements.py pyproject.toml --extras train,gpu [--exclude flash-attn]
 """
 
 from __future__ import annotations
@@ -30,15 +32,27 @@ def requirement_name(requirement: str) -> str:
 
 
 def project_requirements(pyproject: Path, extras: list[str], exclude: list[str]) -> list[str]:
-    """Core dependencies + the named extras, minus excluded names; unknown extras are an error."""
+    """Core dependencies + the named extras, minus excluded names; unknown extras are an error. An extra that
+    names the project itself (``qa-expert-trainer[train]`` in ``dev`` and ``eval``) brings that extra's list in
+    place, as pip would."""
     project = tomllib.loads(pyproject.read_text())["project"]
     optional = project.get("optional-dependencies", {})
     unknown = [e for e in extras if e not in optional]
     if unknown:
         raise SystemExit(f"error: {pyproject}: unknown extra(s) {unknown}; known: {sorted(optional)}")
+    me = normalize(project["name"])
     reqs: list[str] = list(project.get("dependencies", []))
-    for extra in extras:
-        reqs += optional[extra]
+    todo, done = list(extras), set()
+    while todo:
+        extra = todo.pop(0)
+        if extra in done:
+            continue
+        done.add(extra)
+        for req in optional[extra]:
+            if requirement_name(req) == me:
+                todo += [e.strip() for e in req[req.index("[") + 1 : req.index("]")].split(",")]
+            else:
+                reqs.append(req)
     skip = {normalize(e) for e in exclude}
     out: list[str] = []
     seen: set[str] = set()

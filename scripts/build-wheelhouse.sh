@@ -8,7 +8,7 @@
 #
 # Usage: scripts/build-wheelhouse.sh [PYTHON]   (default: the repo's .venv python, else python3)
 # Env:   QA_CACHE_DIR (default /var/cache/qa-expert or $XDG_CACHE_HOME/qa-expert), TORCH_VERSION (2.13.0),
-#        PROJECT_EXTRAS (gpu,tensorboard,demo), CUDA_ONLY (flash-attn)
+#        PROJECT_EXTRAS (train,gpu,tensorboard,demo: as docker/Dockerfile.cpu), CUDA_ONLY (flash-attn)
 set -euo pipefail
 
 log() { printf '[build-wheelhouse] %s\n' "$*" >&2; }
@@ -19,7 +19,7 @@ if [ -z "$PY" ]; then
   if [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; else PY=python3; fi
 fi
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-PROJECT_EXTRAS=${PROJECT_EXTRAS:-gpu,tensorboard,demo}
+PROJECT_EXTRAS=${PROJECT_EXTRAS:-train,gpu,tensorboard,demo}
 CUDA_ONLY=${CUDA_ONLY:-flash-attn}
 if [ -z "${QA_CACHE_DIR:-}" ]; then
   if mkdir -p /var/cache/qa-expert 2>/dev/null && [ -w /var/cache/qa-expert ]; then

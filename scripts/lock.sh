@@ -2,18 +2,18 @@
 # Refresh the lock files the images install from, all computed from pyproject.toml with `uv pip compile`
 # for linux x86_64 (manylinux_2_28) and each image's Python, with hashes:
 #
-#   docker/locks/cpu.txt   Python 3.11 (python:3.11-slim / Debian bookworm base): core + gpu, tensorboard extras minus
+#   docker/locks/cpu.txt   Python 3.11 (python:3.11-slim / Debian bookworm base): core + train, gpu, tensorboard, demo extras minus
 #                          flash-attn, torch==2.13.0+cpu (the PyTorch CPU build). The CPU image, its CI
 #                          wheelhouse and the test venv (.ci/run: -c) install these versions.
 #   docker/locks/cpu.constraints.txt   the same pins without hashes (pip -c beside an editable install)
-#   docker/locks/gpu.txt   Python 3.12 (Ubuntu 24.04 in docker/Dockerfile): training venv /opt/venv, core + gpu, tracking
+#   docker/locks/gpu.txt   Python 3.12 (Ubuntu 24.04 in docker/Dockerfile): training venv /opt/venv, core + train, gpu, tracking
 #                          extras, CUDA torch==$GPU_TORCH from PyPI. Every package it shares with cpu.txt is
 #                          constrained to cpu.txt's version, except torch and what torch pins (nvidia-*, triton).
 #                          flash-attn is not resolved (its sdist imports torch to build its metadata): its
 #                          version is recorded on a `# cuda-only: flash-attn==X` line; docker/Dockerfile installs
 #                          the matching release wheel with --no-deps (its only other dependency, einops, is locked).
 #   docker/locks/eval.txt  Python 3.12: the eval venv /opt/eval-venv (vllm==$VLLM_VERSION with the torch it pins,
-#                          sentence-transformers, core deps), isolated from the training venv.
+#                          sentence-transformers, core + train deps: the eval extra includes train), isolated from the training venv.
 #
 # Usage: scripts/lock.sh [--upgrade]      (needs uv: `pip install uv`)
 # Env:   GPU_TORCH (2.8.0), FLASH_ATTN_VERSION (2.8.3), VLLM_VERSION (0.33.0), CPU_TORCH (2.13.0)
@@ -28,8 +28,8 @@ CPU_TORCH=${CPU_TORCH:-2.13.0}
 FLASH_ATTN_VERSION=${FLASH_ATTN_VERSION:-2.8.3}
 VLLM_VERSION=${VLLM_VERSION:-0.33.0}
 # The extras each image carries (docker/Dockerfile.cpu PROJECT_EXTRAS; tests/test_locks.py checks both).
-CPU_EXTRAS=gpu,tensorboard,demo
-GPU_EXTRAS=gpu,tracking,demo
+CPU_EXTRAS=train,gpu,tensorboard,demo
+GPU_EXTRAS=train,gpu,tracking,demo
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=$PWD/.venv/bin/python
 UV=${UV:-uv}

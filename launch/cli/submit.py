@@ -28,7 +28,7 @@ from launch.jobs.submission import (
     spawn_controller,
 )
 from launch.render import mode_of, preemption_bound_line, render, with_save_bound
-from qa_train.spec import load_job
+from qa_train.spec import RenderedSpec, load_job
 
 PASSTHROUGH_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
 
@@ -69,8 +69,8 @@ class SubmitCommands(Commands):
         --max_cost USD: dollars over every launch; a warning at 80%, then at the cap the container is asked to
         checkpoint and stop and the job ends STOPPED_BUDGET (needs --managed or --detach); --detach: run that
         controller in the background (status/logs/cancel/resume from any shell). Cloud instances stop
-        themselves when the run ends unless --keep_instance. --backend local binds runs/JOB_ID/outputs (or
-        QA_RUNS_DIR) at the container's /runs: the report, metrics and model stay on this machine."""
+        themselves when the run ends unless --keep_instance. --backend local without sync binds runs/JOB_ID/outputs
+        (or QA_RUNS_DIR) at the container's /runs: the report, metrics and model stay on this machine."""
         if max_cost is not None and not float(max_cost) > 0:
             raise cli_args.UsageError(f"--max_cost must be > 0 dollars (got {max_cost})")
         if max_cost is not None and not (managed or detach or dry_run):
@@ -98,7 +98,7 @@ class SubmitCommands(Commands):
             backoff_s=float(backoff_s), backoff_max_s=max(600.0, float(backoff_s)),
             capacity_wait_s=float(capacity_wait_s), max_cost_usd=None if max_cost is None else float(max_cost),
             data_dir=str(Path(data_dir).resolve()) if data_dir else None, network=network,
-            outputs_dir=local_outputs(self._runs_dir, rendered.job_id) if backend == "local" else None,
+            outputs_dir=_outputs_dir(self._runs_dir, rendered, backend),
             env_file=str(Path(env_file).resolve()) if env_file else None,
         )  # fmt: skip
         reg = self._registry()  # a broken registry file is found before anything else is checked or rented
@@ -203,7 +203,8 @@ class SubmitCommands(Commands):
             computes = make_computes(backend, opts)
             query = OfferQuery(profile=profile, num_gpus=n, interruptible=bool(interruptible), max_price=max_price,
                                disk_gb=spec_job.disk_gb, **host_requirements(rendered))  # fmt: skip
-            found = OfferWalk(computes).offers(query)
+            walk = OfferWalk(computes)
+            found = walk.offers(query)
         except CloudError as e:
             raise CliError(str(e)) from None
         rows = [
@@ -218,19 +219,36 @@ class SubmitCommands(Commands):
         ]
         if as_json:
             print(json.dumps(rows, indent=2))
+            for line in walk.skipped:  # stdout stays the JSON list
+                print(f"skipped: {line}", file=sys.stderr)
             return
         print(f"{n}x {profile.display} for {spec_job.run_name} ({mode_of(spec_job)}), est. {hours:.1f} h")
         print(f"at {rate:,.0f} tokens/s: {source}")
         print(
             f"hosts with CUDA ≥ {query.min_cuda or '-'}, RAM ≥ {query.min_ram_gb} GB, vCPUs ≥ {query.min_vcpus}"
         )
-        print(f"{'cloud':<8} {'offer':<24} {'gpu':<22} {'n':>2} {'$/h':>8} {'reliab.':>7} {'est. $':>8}")
+        head = f"{'cloud':<8} {'offer':<24} {'gpu':<22} {'n':>2} {'$/h':>8} {'reliab.':>7} {'est. $':>8}"
+        print(f"{head} {'driver':<12}")
         for r in rows:
             rel = f"{r['reliability']:.3f}" if r["reliability"] is not None else "-"
+            # vast names the host's driver; RunPod only the floor its deploy's allowedCudaVersions stand for
+            ex = r.get("extra") or {}
+            drv = ex.get("driver_version") or (f">={ex['min_driver']}" if ex.get("min_driver") else "-")
             print(f"{r['backend']:<8} {r['offer_id']:<24} {r['gpu_name'][:22]:<22} {r['num_gpus']:>2} "
-                  f"{r['price_per_hour']:>8.3f} {rel:>7} {r['est_cost']:>8.2f}")  # fmt: skip
+                  f"{r['price_per_hour']:>8.3f} {rel:>7} {r['est_cost']:>8.2f} {drv:<12}")  # fmt: skip
         if not rows:
             print("(no offers)")
+        for line in walk.skipped:
+            print(f"skipped: {line}")
+
+
+def _outputs_dir(runs_root: str, rendered: RenderedSpec, backend: str) -> str | None:
+    """The host folder bound at a local job's /runs. Only without ``sync``: a job with object storage keeps
+    its container's disk to itself like a rented machine (a relaunch resumes from object storage, and
+    ``status`` reads the run there); ``QA_RUNS_DIR`` still binds one for it (``LocalCompute``)."""
+    if backend != "local" or rendered.job.sync is not None:
+        return None
+    return local_outputs(runs_root, rendered.job_id)
 
 
 def _outputs_of(plan: JobPlan) -> str | None:
