@@ -104,7 +104,7 @@ def test_conversation_create_poll_exit_stop_terminate(double):
         "gpuCount": 1, "cloudType": "ALL", "containerDiskInGb": 120, "volumeInGb": 0, "dockerArgs": "",
         "env": [{"key": "QA_SPEC_URI", "value": "s3://bucket/runs/r/spec.json"},
                 {"key": "AWS_SECRET_ACCESS_KEY", "value": SECRET}],
-        "startSsh": False, "minCudaVersion": "12.8", "minMemoryInGb": 80, "minVcpuCount": 4,
+        "startSsh": False, "allowedCudaVersions": ["12.8", "12.9", "13.0"], "minMemoryInGb": 80, "minVcpuCount": 4,
         "containerRegistryAuthId": "cra00001",
     }  # fmt: skip
     pod_id = inst.instance_id

@@ -81,13 +81,12 @@ def test_offer_search_sends_host_filters_and_the_double_applies_them(double):
         "rentable": {"eq": True},
         "rented": {"eq": False},
         "disk_space": {"gte": 150},
-        "cuda_max_good": {"gte": 12.8},
         "cpu_ram": {"gte": 64 * 1024},
         "cpu_cores_effective": {"gte": 4},
         "order": [["dph_total", "asc"]],
         "type": "on-demand",
         "allocated_storage": 150,
-        "limit": 20,
+        "limit": 50,
     }
     assert req.headers["Authorization"] == f"Bearer {KEY}"
     assert offers[0].extra["cuda_max_good"] == 12.8

@@ -93,8 +93,12 @@ def test_gpu_image_installs_from_the_locks_with_an_eval_venv() -> None:
     hash-checked; the eval venv gets the project too, and the eval stage finds it through QA_EVAL_PYTHON."""
     text = (REPO / "docker" / "Dockerfile").read_text()
     assert "COPY docker/locks/gpu.txt docker/locks/eval.txt /opt/locks/" in text
-    assert "--require-hashes -r /opt/locks/gpu.txt" in text
-    assert "/opt/eval-venv/bin/pip install --no-cache-dir --require-hashes -r /opt/locks/eval.txt" in text
+    # gpu.txt in two hash-checked parts (DeepSpeed's sdist after torch): tests/test_gpu_image.py
+    assert "--require-hashes -r /opt/locks/gpu-base.txt" in text and "-r /opt/locks/gpu-deepspeed.txt" in text
+    assert (
+        '/opt/eval-venv/bin/pip install --no-cache-dir --require-hashes -r "/opt/locks/${EVAL_LOCK}"' in text
+    )
+    assert "ARG EVAL_LOCK=eval.txt" in text
     assert "COPY --from=build /opt/eval-venv /opt/eval-venv" in text
     assert "for venv in /opt/venv /opt/eval-venv" in text  # the project + pip check in both
     assert "QA_EVAL_PYTHON=/opt/eval-venv/bin/python" in text

@@ -139,6 +139,8 @@ class OfferWalk:
         self.hooks: WalkHooks = hooks or NullHooks()
         self.clock = clock
         self.sleep = sleep
+        # offers the last ``offers`` call's computes left out (a host below the image's driver floor), with why
+        self.skipped: list[str] = []
 
     # -- offers ----------------------------------------------------------------------------------------------
     def offers(self, query: OfferQuery, blocked: set[str] | frozenset[str] = frozenset()) -> list[Offer]:
@@ -147,6 +149,7 @@ class OfferWalk:
         list its offers is skipped when another one answers (its error is raised when none does)."""
         found: list[Offer] = []
         errors: list[CloudError] = []
+        self.skipped = []
         for name, compute in self.computes.items():
             try:
                 found += compute.offers(query)
@@ -155,6 +158,7 @@ class OfferWalk:
             except CloudError as e:
                 logger.warning("%s: offers failed: %s", name, e)
                 errors.append(e)
+            self.skipped += getattr(compute, "skipped", [])
         if errors and not found:
             raise errors[0]
         ok = [o for o in found if not (offer_keys(o.backend, o) & blocked)]

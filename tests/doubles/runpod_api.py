@@ -10,7 +10,8 @@ What it reproduces:
   → "There are no longer any instances available…"; terminating an unknown pod → "pod not found to terminate";
   a query text carrying a string literal is refused (values must travel as variables); bad key → 401.
 - ``lowestPrice.stockStatus`` High/Medium/Low or the string "None" (sold out); host minimums
-  (``minMemoryInGb``, ``minVcpuCount``, ``minCudaVersion``) are checked against the GPU type's hosts.
+  (``minMemoryInGb``, ``minVcpuCount``, ``minCudaVersion``, ``allowedCudaVersions``: exact ``major.minor``) are
+  checked against the GPU type's hosts.
 - pods: ``desiredStatus`` RUNNING with ``runtime: null`` until the container is up; when the container exits
   RunPod starts it again and ``desiredStatus`` stays RUNNING; stopped → EXITED; an interruptible pod reclaimed
   by its host → EXITED (``preempt``); terminated pods disappear (``pod: null``).
@@ -210,7 +211,12 @@ class RunpodDouble(ApiDouble):
         if int(inp.get("minVcpuCount") or 0) > g["_host_vcpus"]:
             return False
         cuda = inp.get("minCudaVersion")
-        return not cuda or _version(g["_host_cuda"]) >= _version(cuda)
+        if cuda and _version(g["_host_cuda"]) < _version(cuda):
+            return False
+        # allowedCudaVersions (sdks/graphql/manage-pods.mdx; api-reference-v2 CreateGpuConfig): the host's CUDA
+        # must be one of them, matched exactly ("12.8"); omitted or [] accepts any host
+        allowed = inp.get("allowedCudaVersions") or []
+        return not allowed or g["_host_cuda"] in allowed
 
     def _deploy(self, root: str, v: dict) -> Reply:
         inp = v.get("input")

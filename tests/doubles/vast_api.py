@@ -55,6 +55,14 @@ S3_AUTH_ERROR = (
     "mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the "
     "Authorization header should be specified</Message></Error>"
 )
+# A released Linux driver of each CUDA version (its cuda_max_good), for offers that do not name one.
+DRIVER_OF_CUDA = {
+    12.2: "535.104.05",
+    12.4: "550.54.15",
+    12.6: "560.35.03",
+    12.8: "570.124.06",
+    13.0: "580.82.07",
+}
 S3_NO_KEY = '<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code></Error>'
 
 
@@ -73,8 +81,13 @@ def make_offer(
     cuda_max_good: float = 12.8,
     cpu_ram: int = 128576,
     cpu_cores_effective: float = 16.0,
+    driver_version: str | None = None,
 ) -> dict[str, Any]:
-    """An offer with the fields of the search_offers.yaml example that the launcher reads or filters on."""
+    """An offer with the fields of the search_offers.yaml example that the launcher reads or filters on.
+    ``driver_version`` ("XXX.XX.XX", a string in the reference) defaults to a driver whose CUDA is
+    ``cuda_max_good`` (the reference: "machine max supported cuda version (based on driver version)")."""
+    if driver_version is None:
+        driver_version = DRIVER_OF_CUDA.get(round(cuda_max_good, 1), "570.124.06")
     return {
         "id": offer_id,
         "ask_contract_id": offer_id,
@@ -97,7 +110,7 @@ def make_offer(
         "rented": False,
         "disk_space": disk_space,
         "cuda_max_good": cuda_max_good,
-        "driver_version": "570.124.06",
+        "driver_version": driver_version,
         "cpu_ram": cpu_ram,
         "cpu_cores": int(cpu_cores_effective * 2),
         "cpu_cores_effective": cpu_cores_effective,

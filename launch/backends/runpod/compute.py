@@ -6,9 +6,12 @@ to one typed outcome (see ../shared/docs/clouds.md, last section).
   pod → GONE; DEAD → FAILED. RunPod restarts an exited container and keeps RUNNING: a job's end is never a
   state here (the job stops its own pod).
 - offers: ``lowestPrice`` with the host minimums; ``stockStatus`` null or the string "None" → no offer.
-- create: pod named with the job id (``find`` looks it up), ``minCudaVersion``/``minMemoryInGb``/``minVcpuCount``,
+- create: pod named with the job id (``find`` looks it up), ``allowedCudaVersions``/``minMemoryInGb``/``minVcpuCount``,
   private images through ``containerRegistryAuthId``; "no longer any instances available" → NoCapacity; sent
   once — a lost answer is AmbiguousCreate.
+- driver floor: RunPod shows no host driver before a deploy; the deploy names the host CUDA versions it accepts
+  (``allowedCudaVersions``, sdks/graphql/manage-pods.mdx; exact ``major.minor`` matches): every version from
+  the image's CUDA up (``qa_train.driver.cuda_versions_from``), i.e. hosts whose driver is at the floor or newer.
 - logs: the v2 SSE stream with ``source=container``, resumed with ``Last-Event-ID`` (each line once).
 """
 
@@ -38,6 +41,7 @@ from launch.backends.base import (
 )
 from launch.backends.follow import TailFollower
 from launch.backends.runpod.api import RunpodApi, RunpodApiError
+from qa_train.driver import cuda_versions_from, min_driver_for_cuda
 
 logger = logging.getLogger(__name__)
 NO_CAPACITY_MARKERS = ("no longer any instances available", "no instances currently available")
@@ -74,6 +78,11 @@ def in_stock(lowest_price: dict[str, Any]) -> bool:
     """``stockStatus`` is High/Medium/Low, or null / the string "None" when sold out."""
     stock = lowest_price.get("stockStatus")
     return bool(stock) and str(stock).strip().lower() not in ("none", "null")
+
+
+def allowed_cuda(min_cuda: str | None) -> list[str] | None:
+    """The host CUDA versions a deploy accepts: the image's and every newer one (None: no constraint)."""
+    return cuda_versions_from(min_cuda) if min_cuda else None
 
 
 class RunpodCompute(Compute):
@@ -129,7 +138,8 @@ class RunpodCompute(Compute):
                     backend=self.name, offer_id=str(g["id"]), gpu_name=str(g.get("displayName") or g["id"]),
                     num_gpus=n, price_per_hour=round(price, 4), interruptible=query.interruptible,
                     bid_price=bid, extra={"stockStatus": lp.get("stockStatus"), "memoryInGb": g.get("memoryInGb"),
-                                          "minCudaVersion": query.min_cuda},
+                                          "allowedCudaVersions": allowed_cuda(query.min_cuda),
+                                          "min_driver": min_driver_for_cuda(query.min_cuda) if query.min_cuda else None},
                 ))  # fmt: skip
         out.sort(key=lambda o: o.price_per_hour)
         return out
@@ -149,7 +159,7 @@ class RunpodCompute(Compute):
             "startSsh": False,
         }
         if req.min_cuda:
-            inp["minCudaVersion"] = req.min_cuda
+            inp["allowedCudaVersions"] = allowed_cuda(req.min_cuda)
         if req.min_ram_gb:
             inp["minMemoryInGb"] = req.min_ram_gb
         if req.min_vcpus:

@@ -10,6 +10,9 @@
   reports an exit code).
 - logs: ``request_logs`` → presigned ``result_url`` fetched without the API key; ``follow`` finds the overlap of
   successive tail windows.
+- driver floor: offers carry ``cuda_max_good`` (the host's highest CUDA, from its driver) and ``driver_version``
+  ("570.124.06", search_offers.yaml). Both are checked here, not in the search, so an offer below the image's
+  floor (``qa_train.driver.MIN_DRIVER`` of its CUDA) is *named* in ``skipped`` instead of silently missing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from launch.backends.base import (
 )
 from launch.backends.follow import TailFollower
 from launch.backends.vast.api import VastApi, VastApiError
+from qa_train.driver import DriverError, at_least, min_driver_for_cuda, parse_version
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +129,8 @@ class VastCompute(Compute):
         self.logs_ready_s = logs_ready_s
         self.poll_s = poll_s
         self.sleep = sleep
+        # offers the last ``offers`` call left out for the driver floor, each with why
+        self.skipped: list[str] = []
 
     # -- offers ------------------------------------------------------------------------------------------------
     def search_query(self, q: OfferQuery) -> dict[str, Any]:
@@ -141,8 +147,6 @@ class VastCompute(Compute):
         }
         if p.vast_max_ram_mb:
             query["gpu_ram"]["lte"] = p.vast_max_ram_mb
-        if q.min_cuda:
-            query["cuda_max_good"] = {"gte": float(q.min_cuda)}
         if q.min_ram_gb:
             query["cpu_ram"] = {"gte": q.min_ram_gb * 1024}  # MB
         if q.min_vcpus:
@@ -153,15 +157,40 @@ class VastCompute(Compute):
             "order": [["dph_total", "asc"]],
             "type": "bid" if q.interruptible else "on-demand",
             "allocated_storage": q.disk_gb,
-            "limit": 20,
+            "limit": 50,  # the driver floor is applied to the answer (below), so ask for a few more
         })  # fmt: skip
         return query
 
+    @staticmethod
+    def below_floor(o: dict[str, Any], min_cuda: str | None) -> str | None:
+        """Why this offer's host cannot run an image built for CUDA ``min_cuda`` (None when it can)."""
+        if not min_cuda:
+            return None
+        need = min_driver_for_cuda(min_cuda)
+        drv, cmg = o.get("driver_version"), o.get("cuda_max_good")
+        try:
+            ok_drv = drv is None or at_least(str(drv), need)
+        except DriverError:
+            ok_drv = False
+        ok_cuda = cmg is not None and parse_version(f"{float(cmg):.1f}") >= parse_version(min_cuda)
+        if ok_drv and ok_cuda:
+            return None
+        return (
+            f"driver {drv or '?'} (CUDA {cmg if cmg is not None else '?'}) is below {need} (CUDA {min_cuda})"
+        )
+
     def offers(self, query: OfferQuery) -> list[Offer]:
+        self.skipped = []
         if query.profile.is_cpu:
             return []
         out = []
         for o in self.api.search_offers(self.search_query(query)):
+            why = self.below_floor(o, query.min_cuda)
+            if why:
+                self.skipped.append(
+                    f"vast offer {o.get('id')} ({o.get('gpu_name')}, ${o.get('dph_total')}/h): {why}"
+                )
+                continue
             price = float(o.get("dph_total") or 0)
             bid = None
             if query.interruptible:
@@ -180,7 +209,7 @@ class VastCompute(Compute):
                 num_gpus=int(o.get("num_gpus") or query.num_gpus), price_per_hour=price,
                 interruptible=query.interruptible, reliability=o.get("reliability2", o.get("reliability")),
                 bid_price=bid,
-                extra={k: o.get(k) for k in ("machine_id", "gpu_ram", "cuda_max_good", "cpu_ram",
+                extra={k: o.get(k) for k in ("machine_id", "gpu_ram", "cuda_max_good", "driver_version", "cpu_ram",
                                              "cpu_cores_effective", "geolocation")},
             ))  # fmt: skip
         out.sort(key=lambda x: x.price_per_hour)
