@@ -11,7 +11,7 @@ from launch.backends.base import CloudError
 from launch.cli import args as cli_args
 from launch.cli.common import CliError, Commands, compute, dumps
 from launch.jobs.offers import destroy
-from launch.jobs.state import JobState
+from launch.jobs.state import JobState, RegistryError
 from launch.jobs.status import job_status, status_lines, summary
 from qa_train.contract import FailureReason
 
@@ -99,14 +99,26 @@ class JobCommands(Commands):
     def list(self, as_json: bool = False) -> None:
         """All jobs in the registry with restarts, cost so far and last committed step."""
         reg = self._registry()
-        out = [{**summary(reg, r.job_id), "gpu": r.gpu} for r in reg.list()]
+        rows, problem = reg.list_readable()  # a damaged registry: what is still readable, then its one line
+        out = []
+        for r in rows:
+            try:
+                out.append({**summary(reg, r.job_id), "gpu": r.gpu})
+            except RegistryError as e:
+                problem = problem or str(e)
+                out.append({"job_id": r.job_id, "state": str(r.state), "backend": r.backend, "gpu": r.gpu,
+                            "restarts": r.restarts, "cost_usd": None, "last_step": r.last_step,
+                            "instance_id": r.instance_id})  # fmt: skip
         if as_json:
             print(dumps(out))
-            return
-        print(
-            f"{'job_id':<44} {'backend':<8} {'gpu':<9} {'state':<14} {'restarts':>8} {'cost $':>8} {'step':>6} instance"
-        )
-        for d in out:
-            step = d["last_step"] if d["last_step"] is not None else "-"
-            print(f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<14} {d['restarts']:>8} "
-                  f"{d['cost_usd']:>8.3f} {step:>6} {d['instance_id'] or '-'}")  # fmt: skip
+        else:
+            print(
+                f"{'job_id':<44} {'backend':<8} {'gpu':<9} {'state':<14} {'restarts':>8} {'cost $':>8} {'step':>6} instance"
+            )
+            for d in out:
+                step = d["last_step"] if d["last_step"] is not None else "-"
+                cost = f"{d['cost_usd']:>8.3f}" if d["cost_usd"] is not None else f"{'?':>8}"
+                print(f"{d['job_id']:<44} {d['backend']:<8} {d['gpu'] or '-':<9} {d['state']:<14} {d['restarts']:>8} "
+                      f"{cost} {step:>6} {d['instance_id'] or '-'}")  # fmt: skip
+        if problem is not None:
+            raise RegistryError(problem)

@@ -261,19 +261,34 @@ class Registry:
                 cols = {r["name"] for r in c.execute("PRAGMA table_info(events)")}
                 if "cause" not in cols:  # a registry written before causes were recorded
                     c.execute("ALTER TABLE events ADD COLUMN cause TEXT")
-        except sqlite3.DatabaseError as e:  # a file of garbage, a truncated copy, a folder in its place
-            raise RegistryError(
-                f"{self.path} is not a job registry ({e}); move it away to start a new one"
-            ) from None
         except OSError as e:
             raise RegistryError(f"{self.path}: cannot create the job registry: {e.strerror or e}") from None
 
+    def _problem(self, e: sqlite3.DatabaseError) -> RegistryError:
+        """THE one line for a registry SQLite cannot use, whichever read or write met it: a file of garbage, a
+        truncated copy, a damaged page (``database disk image is malformed``), a folder in its place."""
+        text = " ".join(str(e).split())
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return RegistryError(f"{self.path} is locked by another process ({text}); try again")
+        return RegistryError(
+            f"{self.path} is not a job registry (damaged or not SQLite: {text}); move it away to start a new one"
+        )
+
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """A connection whose SQLite errors (other than a constraint a caller relies on) become the one
+        ``RegistryError`` line: every read and write goes through here."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.DatabaseError as e:
+            raise self._problem(e) from None
         conn.row_factory = sqlite3.Row
         try:
             yield conn
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as e:
+            raise self._problem(e) from None
         finally:
             conn.close()
 
@@ -382,9 +397,41 @@ class Registry:
         return _row(row) if row else None
 
     def list(self) -> list[JobRow]:
-        with self._conn() as c:
-            rows = c.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
-        return [_row(r) for r in rows]
+        rows, problem = self.list_readable()
+        if problem is not None:
+            raise RegistryError(problem)
+        return rows
+
+    def list_readable(self) -> tuple[list[JobRow], str | None]:
+        """Every job row SQLite can still read, and the one error line when some could not be (a damaged
+        page): ``list`` shows what is left instead of nothing. Rows are read in rowid order; past a damaged
+        leaf page the scan resumes at growing rowid gaps (the B-tree's inner pages still lead past it)."""
+        rows: list[JobRow] = []
+        problem: str | None = None
+        after, gap = -(2**63), 1
+        try:
+            with self._conn() as c:
+                for _ in range(64):
+                    try:
+                        cur = c.execute(
+                            "SELECT rowid AS _rowid, * FROM jobs WHERE rowid > ? ORDER BY rowid", (after,)
+                        )
+                        for r in cur:
+                            after, gap = r["_rowid"], 1
+                            try:
+                                rows.append(_row(r))
+                            except (ValueError, TypeError, KeyError) as e:  # a row of garbage
+                                bad = self._problem(sqlite3.DatabaseError(f"unreadable row: {e}"))
+                                problem = problem or str(bad)
+                        break
+                    except sqlite3.IntegrityError:
+                        raise
+                    except sqlite3.DatabaseError as e:
+                        problem = problem or str(self._problem(e))
+                        after, gap = max(after, 0) + gap, gap * 4
+        except RegistryError as e:
+            problem = problem or str(e)
+        return sorted(rows, key=lambda r: r.created_at), problem
 
     def events(self, job_id: str) -> list[Event]:
         with self._conn() as c:
@@ -502,6 +549,7 @@ class Registry:
 
 def _row(r: sqlite3.Row) -> JobRow:
     d = dict(r)
+    d.pop("_rowid", None)
     d["state"] = JobState(d["state"])
     d["managed"] = bool(d["managed"])
     d["options"] = JobOptions.from_json(d.get("options"))
