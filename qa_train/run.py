@@ -330,6 +330,8 @@ class Reporter:
         self.store = (
             RunStore(RunLayout.of(job.sync.target, job.run_name), job.sync.endpoint_url) if job.sync else None
         )
+        # train's checkpoints still waiting for upload (sync-pending/) and its input fingerprints
+        self._train_dir = Path(job.train_output_dir())
         self._lock = threading.RLock()
         self._warned: set[str] = set()
         self._stop_watch = threading.Event()
@@ -434,6 +436,32 @@ class Reporter:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
             self._watcher = None
+
+    def flush_uploads(self) -> None:
+        """Checkpoints still only on this disk (uploads that failed) are sent before the final report, for up
+        to ``QA_S3_RETRY_S``; meanwhile the report says "uploads pending" and until when, so the controller
+        keeps the instance that holds the only copies."""
+        from qa_train.storage import retry_seconds
+        from qa_train.sync.worker import flush_pending, pending_snapshots
+
+        names = [p.name for p in pending_snapshots(self._train_dir)] if self.store is not None else []
+        if not names or self.store is None:
+            return
+        total = retry_seconds()
+        with self._lock:
+            self.report.uploads_pending, self.report.uploads_until = names, time.time() + total
+        self.write()
+        print(f"[run] uploads pending: {', '.join(names)}; retrying for up to {total:.0f}s", file=sys.stderr,
+              flush=True)  # fmt: skip
+        left = flush_pending(self._train_dir, self.store.location(), self.store.endpoint_url, total_s=total)
+        with self._lock:
+            self.report.uploads_pending = left
+            if not left:
+                self.report.uploads_until = None
+        if left:
+            print(f"[run] uploads still pending after {total:.0f}s: {', '.join(left)} (kept in {self._train_dir})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        self.refresh_step()
 
     def finish(self, ok: bool, error: str | None) -> None:
         with self._lock:
@@ -592,6 +620,7 @@ def run_stages(
             logger.warning("could not write %s: %s", summary_path, e)
     print(json.dumps(summary), flush=True)
     if reporter is not None:
+        reporter.flush_uploads()
         reporter.finish(code == 0, error)
     return code
 

@@ -111,7 +111,8 @@ def test_sigkill_then_resume_from_remote_in_fresh_output_dir(s3, tiny_llama, rec
 def test_s3_outage_during_training_finishes_locally_then_fails(s3, tiny_llama, records_file, tmp_path):
     host, port = s3.endpoint_url.removeprefix("http://").split(":")
     proxy = TcpProxy(host, int(port))
-    env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url, "PYTHONUNBUFFERED": "1"}
+    # an outage longer than the upload retry bound (QA_S3_RETRY_S, seconds here: minutes by default)
+    env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url, "PYTHONUNBUFFERED": "1", "QA_S3_RETRY_S": "2"}
     out = tmp_path / "out"
     cmd = train_cmd(tiny_llama, records_file, out, s3.uri("runs"), "outage", "--s3_max_attempts", "2")
     proc = Proc(cmd, env)

@@ -293,6 +293,7 @@ class Controller:
             restarts=row.restarts,
             spent_usd=self.reg.cost(self.job_id),
             provisioning_s=0.0 if provisioning_since is None else self.clock() - provisioning_since,
+            now=self.clock(),
         )
         self._warn_budget(obs.spent_usd)
         d = self.policy.decide(obs)

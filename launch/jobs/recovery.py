@@ -60,6 +60,7 @@ class Observation:
     restarts: int = 0
     spent_usd: float = 0.0
     provisioning_s: float = 0.0  # how long the instance has been PROVISIONING (0 when it is not)
+    now: float | None = None  # the controller's clock (epoch s), for the upload bound; None: not known
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,12 @@ class RecoveryPolicy:
     def decide(self, obs: Observation) -> Decision:
         if obs.cancelled:
             return Decision(Action.CANCEL, "cancelled by user", cause=FailureReason.CANCELLED_BY_USER)
+        if obs.report is not None and obs.now is not None and obs.report.uploads_held(obs.now):
+            return Decision(Action.POLL, _held_reason(obs.report, obs.now))  # its disk holds the only copies
         if obs.report is not None and obs.report.final:
+            if _storage_failure(obs.report):  # not the training's fault: relaunch, resume from storage
+                why = f"storage failure, retried: {_failed_reason(obs.report)}"
+                return self._lost(obs, why, FailureReason.STORAGE_ERROR, blocklist=False)
             return _from_final_report(obs.report)
         if self.over_budget(obs.spent_usd):
             return Decision(
@@ -123,9 +129,10 @@ class RecoveryPolicy:
         assert self.max_cost_usd is not None
         return f"max_cost {usd(self.max_cost_usd)} reached ({usd(spent_usd)} spent over every launch)"
 
-    def _lost(self, obs: Observation, why: str, cause: FailureReason) -> Decision:
+    def _lost(self, obs: Observation, why: str, cause: FailureReason, blocklist: bool = True) -> Decision:
         """A machine that lost the job (preempted, failed, killed) is blocklisted: the next launch prefers
-        another one (the walk falls back to blocklisted machines only when nothing else is offered)."""
+        another one (the walk falls back to blocklisted machines only when nothing else is offered). A storage
+        failure is not the machine's fault (``blocklist=False``)."""
         if obs.restarts >= self.max_restarts:
             return Decision(
                 Action.FAIL,
@@ -133,7 +140,7 @@ class RecoveryPolicy:
                 cause=FailureReason.MAX_RESTARTS,
             )
         why = f"restart {obs.restarts + 1}/{self.max_restarts}: {why}"
-        return Decision(Action.RELAUNCH, why, blocklist=True, cause=cause)
+        return Decision(Action.RELAUNCH, why, blocklist=blocklist, cause=cause)
 
     def _by_exit_code(self, obs: Observation) -> Decision:
         """Local Docker without object storage: the container's exit code is all there is."""
@@ -163,13 +170,35 @@ def _lost_reason(st: InstanceStatus) -> str:
     return f"{what}{code}" + (f": {st.detail}" if st.detail else "")
 
 
-def _from_final_report(report: RunReport) -> Decision:
-    if report.state == RunState.SUCCEEDED:
-        return Decision(Action.SUCCEED, "the run report says succeeded")
+def _held_reason(report: RunReport, now: float) -> str:
+    names = ", ".join(report.uploads_pending[:3]) + (", …" if len(report.uploads_pending) > 3 else "")
+    left = (report.uploads_until or now) - now
+    return f"uploads pending ({names}): the container retries them for {left:.0f}s more; instance kept"
+
+
+def _storage_failure(report: RunReport) -> bool:
+    """The run failed because object storage could not be used (exit 3), or left uploads only on its disk."""
+    stage = report.failed_stage()
+    return report.state == RunState.FAILED and (
+        bool(report.uploads_pending) or (stage is not None and stage.exit_code == ExitCode.STORAGE)
+    )
+
+
+def _failed_reason(report: RunReport) -> str:
     stage = report.failed_stage()
     why = f"stage '{stage.name}' failed (exit {stage.exit_code})" if stage else "the run report says failed"
     if report.error:
         why += f": {report.error}"
+    if report.uploads_pending:
+        why += f"; uploads pending: {', '.join(report.uploads_pending)}"
+    return why
+
+
+def _from_final_report(report: RunReport) -> Decision:
+    if report.state == RunState.SUCCEEDED:
+        return Decision(Action.SUCCEED, "the run report says succeeded")
+    stage = report.failed_stage()
+    why = _failed_reason(report)
     cause = FailureReason.of_exit(stage.exit_code) if stage else FailureReason.TRAINING_ERROR
     if cause == FailureReason.INSTANCE_KILLED:  # a final report: the run itself ended, whatever the signal
         cause = FailureReason.TRAINING_ERROR

@@ -36,6 +36,8 @@ class RunReport:
     """What a run says about itself. The controller decides from this and the instance state, never from logs.
 
     ``launch`` counts the container starts that wrote this report (a resumed run on a new machine adds one).
+    ``uploads_pending``: folders (checkpoints) still only on the instance's disk; while ``uploads_until`` (epoch
+    seconds) has not passed the container keeps retrying them, and the controller must not destroy it.
     """
 
     run_name: str
@@ -48,7 +50,13 @@ class RunReport:
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     launch: int = 1
+    uploads_pending: list[str] = field(default_factory=list)
+    uploads_until: float | None = None
     version: int = REPORT_VERSION
+
+    def uploads_held(self, now: float) -> bool:
+        """Uploads are pending and the container's retry bound has not passed: keep its instance."""
+        return bool(self.uploads_pending) and self.uploads_until is not None and now < self.uploads_until
 
     @property
     def final(self) -> bool:

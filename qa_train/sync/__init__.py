@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qa_train.storage import RetryPolicy, retrying
+
 from .storage import (
     S3Location,
     StorageAccessError,
@@ -144,7 +146,7 @@ class SyncSession:
         self.push_tb(tb_dir)
         from .transfer import push_directory
 
-        self.uploader.wait()
+        self.uploader.settle()  # failed uploads sent again, for up to QA_S3_RETRY_S
         problems = [
             f"{f.name} (local copy kept at {f.local_path}): {f.error}" for f in self.uploader.failures
         ]
@@ -152,15 +154,19 @@ class SyncSession:
         summary_bytes = (json.dumps(summary, indent=2, default=str) + "\n").encode()
         try:
             if upload_final:
-                push_directory(
-                    self.client,
-                    Path(output_dir),
-                    final,
-                    progress=self.uploader.progress,
-                    concurrency=self.uploader.concurrency,
-                    endpoint_url=self.endpoint_url,
-                    extra_files={"train_summary.json": summary_bytes},
-                    top_level_only=True,
+                retrying(  # through an outage, for up to QA_S3_RETRY_S
+                    lambda: push_directory(
+                        self.client,
+                        Path(output_dir),
+                        final,
+                        progress=self.uploader.progress,
+                        concurrency=self.uploader.concurrency,
+                        endpoint_url=self.endpoint_url,
+                        extra_files={"train_summary.json": summary_bytes},
+                        top_level_only=True,
+                    ),
+                    RetryPolicy.uploads(),
+                    f"upload of {final.uri}",
                 )
                 logger.info("Uploaded final model and train_summary.json to %s", final.uri)
         except SyncError as exc:
@@ -325,6 +331,10 @@ def upload_directory(
     client = make_client(endpoint_url)
     check_access(client, base, endpoint_url)
     dest = base.child(run_name, subdir)
-    push_directory(client, Path(local_dir), dest, endpoint_url=endpoint_url)
+    retrying(
+        lambda: push_directory(client, Path(local_dir), dest, endpoint_url=endpoint_url),
+        RetryPolicy.uploads(),
+        f"upload of {dest.uri}",
+    )
     logger.info("Uploaded %s to %s", local_dir, dest.uri)
     return dest.uri

@@ -1,4 +1,10 @@
-"""Upload every saved checkpoint in the background (a niced worker process) so training never waits on S3."""
+"""Upload every saved checkpoint in the background (a niced worker process) so training never waits on S3.
+
+Nothing is given up lightly: each upload is retried through an outage (``QA_S3_RETRY_S``); one that failed
+anyway keeps its snapshot under ``output_dir/sync-pending/`` and is sent again as soon as another upload
+succeeds (storage answers again), at the end of training (``settle``), and by the next launch on the same disk
+(``resend_pending``), which says so.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,16 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from .storage import S3Location
-from .worker import PENDING_DIR
+from qa_train.storage import S3Location, retry_seconds
+
+from .worker import PENDING_DIR, pending_snapshots
 
 logger = logging.getLogger("qa_train.sync")
 
@@ -34,8 +42,10 @@ def snapshot(src: Path, dest: Path) -> Path:
     The Trainer may delete ``checkpoint-N`` (save_total_limit) while it is still uploading; the links keep
     the bytes alive at no disk cost, and a failed upload leaves the snapshot for a later ``sync push``.
     """
-    if dest.exists():
-        shutil.rmtree(dest)
+    tmp = dest.parent / f".{dest.name}.partial"  # renamed into place whole: a leftover is always complete
+    for old in (tmp, dest):
+        if old.exists():
+            shutil.rmtree(old)
 
     def link(s: str, d: str) -> None:
         try:
@@ -43,7 +53,8 @@ def snapshot(src: Path, dest: Path) -> Path:
         except OSError:
             shutil.copy2(s, d)
 
-    shutil.copytree(src, dest, copy_function=link)
+    shutil.copytree(src, tmp, copy_function=link)
+    os.replace(tmp, dest)
     return dest
 
 
@@ -86,6 +97,9 @@ class BackgroundUploader:
         self.protect: set[str] = set()
         self._paths: dict[str, Path] = {}
         self._pending: set[str] = set()
+        self.resent: list[
+            str
+        ] = []  # names sent again after a failure (storage answered again, or at the end)
         self._cond = threading.Condition()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "qa_train.sync.worker"],
@@ -120,7 +134,8 @@ class BackgroundUploader:
             with self._cond:
                 name = result.get("name", "?")
                 self._pending.discard(name)
-                if result.get("ok"):
+                ok = bool(result.get("ok"))
+                if ok:
                     self.committed.append(name)
                     if result.get("bytes") and result.get("seconds"):
                         self.transfers.append((int(result["bytes"]), float(result["seconds"])))
@@ -128,7 +143,10 @@ class BackgroundUploader:
                     self.failures.append(
                         UploadFailure(name, self._paths.get(name, Path("?")), result.get("error", ""))
                     )
+                retry = ok and bool(self.failures)
                 self._cond.notify_all()
+            if retry:  # storage answers again: what failed meanwhile goes again, oldest first
+                self.resend_failed("storage answers again")
         code = self._proc.wait()
         with self._cond:  # the worker is gone: whatever it still owed us failed
             for name in sorted(self._pending):
@@ -138,16 +156,63 @@ class BackgroundUploader:
             self._pending.clear()
             self._cond.notify_all()
 
-    def submit(self, name: str, local_dir: Path) -> None:
+    def submit(
+        self, name: str, local_dir: Path, *, retry_s: float | None = None, if_missing: bool = False
+    ) -> None:
+        """Queue one upload; ``retry_s`` overrides how long the worker retries it through an outage."""
         with self._cond:
             self._paths[name] = local_dir
             self._pending.add(name)
-        if not self._send({"name": name, "path": str(local_dir), "protect": sorted(self.protect)}):
+        job: dict[str, Any] = {"name": name, "path": str(local_dir), "protect": sorted(self.protect)}
+        if retry_s is not None:  # a deadline, so that a queue of them together stays within the bound
+            job["retry_until"] = time.time() + max(0.0, retry_s)
+        if if_missing:
+            job["if_missing"] = True
+        if not self._send(job):
             with self._cond:
                 if name in self._pending:
                     self._pending.discard(name)
                     self.failures.append(UploadFailure(name, local_dir, "upload worker is not running"))
                 self._cond.notify_all()
+
+    def resend_failed(self, why: str, retry_s: float | None = None) -> list[str]:
+        """Send every failed upload whose snapshot is still there again; the names sent."""
+        with self._cond:
+            again = [f for f in self.failures if f.local_path.is_dir() and f.name not in self._pending]
+            self.failures = [f for f in self.failures if f not in again]
+        if again:
+            names = [f.name for f in again]
+            logger.warning("Re-sending %d upload(s) that failed (%s): %s", len(names), why, ", ".join(names))
+            self.resent += names
+        for f in again:
+            self.submit(f.name, f.local_path, retry_s=retry_s)
+        return [f.name for f in again]
+
+    def resend_pending(self, output_dir: Path) -> list[str]:
+        """Snapshots an earlier launch left under ``output_dir/sync-pending/`` (it could not upload them): sent
+        now, each dropped without an upload when it is committed already. Says so; returns the names."""
+        with self._cond:
+            known = set(self._pending)
+        left = [p for p in pending_snapshots(output_dir) if p.name not in known]
+        if left:
+            logger.warning(
+                "Found %d checkpoint(s) not uploaded by an earlier launch in %s: sending %s",
+                len(left), Path(output_dir) / PENDING_DIR, ", ".join(p.name for p in left),
+            )  # fmt: skip
+        for p in left:
+            self.submit(p.name, p, if_missing=True)
+        return [p.name for p in left]
+
+    def settle(self, total_s: float | None = None) -> list[UploadFailure]:
+        """At the end of training: wait for every upload, and send failed ones again until they are committed
+        or ``total_s`` (``QA_S3_RETRY_S``) has passed since this call. Returns what still failed."""
+        deadline = time.monotonic() + (retry_seconds() if total_s is None else total_s)
+        self.wait()
+        while self.failures and (left := deadline - time.monotonic()) > 0:
+            if not self.resend_failed(f"end of training; retrying for up to {left:.0f}s", retry_s=left):
+                break  # nothing left that could be sent (a snapshot is gone)
+            self.wait()
+        return list(self.failures)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted upload finished (committed or failed); False if ``timeout`` ran out."""
@@ -189,6 +254,12 @@ class S3SyncCallback(TrainerCallback):
 
     def __init__(self, uploader: BackgroundUploader) -> None:
         self.uploader = uploader
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """A rerun or relaunch on the same disk: what an earlier launch left pending goes first."""
+        if state.is_world_process_zero:
+            self.uploader.resend_pending(Path(args.output_dir))
+        return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if not state.is_world_process_zero:

@@ -73,6 +73,20 @@ def list_run(client: Any, run: S3Location) -> list[RemoteFolder]:
     return sorted(out, key=order)
 
 
+def is_committed(client: Any, loc: S3Location) -> bool:
+    """``loc`` holds a manifest and every file it lists, with its size (one listing, one GET)."""
+    from .transfer import read_manifest
+
+    keys = list_keys(client, loc.bucket, loc.dir_prefix)
+    if loc.key(MANIFEST_NAME) not in keys:
+        return False
+    try:
+        manifest = read_manifest(client, loc)
+    except ManifestError:
+        return False
+    return all(keys.get(loc.key(f.path)) == f.size for f in manifest.files)
+
+
 def committed_checkpoints(client: Any, run: S3Location) -> list[RemoteFolder]:
     return [f for f in list_run(client, run) if f.step is not None and f.committed]
 

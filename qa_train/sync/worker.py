@@ -3,9 +3,11 @@
 Why a process and not a thread: botocore, hashing and socket work would otherwise share the training process's
 GIL and CPU priority; a separate, niced process keeps the training loop's step time flat.
 
-Protocol (JSON lines): stdin line 1 = config, then one job per line ``{"name", "path", "protect"}``; stdout =
-one result per job ``{"name", "ok", "error", "files", "bytes", "seconds"}``. Logs go to stderr. On stdin EOF
-(training ended) the worker finishes the jobs it already received, then exits: a checkpoint already
+Protocol (JSON lines): stdin line 1 = config, then one job per line ``{"name", "path", "protect", "retry_until",
+"if_missing"}``; stdout = one result per job ``{"name", "ok", "error", "files", "bytes", "seconds"}``. Logs go to
+stderr. Each upload is retried through a storage outage for ``QA_S3_RETRY_S`` seconds (default 600; a job's
+``retry_until`` ends it sooner): a checkpoint saved while storage is down is committed once it answers again.
+On stdin EOF (training ended) the worker finishes the jobs it already received, then exits: a checkpoint already
 handed over still gets committed when training ends. If the training process dies (SIGKILL, OOM kill) the
 worker is killed with it (Linux parent-death signal), as it would be when a spot machine vanishes: what is
 committed then is exactly what a restart resumes from.
@@ -19,11 +21,13 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .remote import apply_retention
-from .storage import S3Location, make_client
+from qa_train.storage import RetryPolicy, S3Location, make_client, retrying
+
+from .remote import apply_retention, is_committed
 from .transfer import push_directory
 
 logger = logging.getLogger("qa_train.sync")
@@ -41,21 +45,27 @@ def upload_checkpoint(
     concurrency: int,
     max_mbps: float = 0,
     endpoint_url: str | None,
+    policy: RetryPolicy | None = None,
+    if_missing: bool = False,
 ) -> dict[str, Any]:
-    """Push one checkpoint, drop its pending snapshot, apply remote retention; never raises."""
+    """Push one checkpoint (retried through an outage for ``policy.total_s``), drop its pending snapshot,
+    apply remote retention; never raises. ``if_missing``: a snapshot left by an earlier launch, dropped
+    without an upload when that checkpoint is committed already."""
     dest = run.child(name)
+    policy = policy or RetryPolicy.uploads()
     start = time.monotonic()
     try:
-        manifest = push_directory(
-            client,
-            local_dir,
-            dest,
-            progress=False,
-            concurrency=concurrency,
-            endpoint_url=endpoint_url,
-            max_mbps=max_mbps,
-        )
-    except Exception as exc:  # reported back; the snapshot stays for a later `sync push`
+        if if_missing and retrying(lambda: is_committed(client, dest), policy, f"check {dest.uri}"):
+            logger.info("%s is committed already: dropping the local snapshot %s", dest.uri, local_dir)
+            _drop_snapshot(local_dir)
+            return {"name": name, "ok": True, "error": "", "files": 0, "bytes": 0, "seconds": 0.0}
+        manifest = retrying(
+            lambda: push_directory(client, local_dir, dest, progress=False, concurrency=concurrency,
+                                   endpoint_url=endpoint_url, max_mbps=max_mbps),
+            policy,
+            f"upload of {name}",
+        )  # fmt: skip
+    except Exception as exc:  # reported back; the snapshot stays to be re-sent (or for `sync push`)
         logger.error("Upload of %s to %s failed: %s", name, dest.uri, exc)
         return {"name": name, "ok": False, "error": str(exc)}
     secs = max(time.monotonic() - start, 1e-9)
@@ -67,14 +77,62 @@ def upload_checkpoint(
         secs,
         manifest.total_bytes / 1e6 / secs,
     )
-    if local_dir.parent.name == PENDING_DIR:
-        shutil.rmtree(local_dir, ignore_errors=True)
+    _drop_snapshot(local_dir)
     try:
         apply_retention(client, run, keep, protect)
     except Exception as exc:  # housekeeping: never fail the run for it
         logger.warning("Remote retention under %s failed: %s", run.uri, exc)
     return {"name": name, "ok": True, "error": "", "files": len(manifest.files), "bytes": manifest.total_bytes,
             "seconds": secs}  # fmt: skip
+
+
+def pending_snapshots(output_dir: Path) -> list[Path]:
+    """Complete snapshots waiting under ``output_dir/sync-pending/`` (oldest step first): uploads an earlier
+    launch (or this one) could not finish. A snapshot is renamed into place whole, so each one is complete."""
+    from .remote import CHECKPOINT_RE
+
+    root = Path(output_dir) / PENDING_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def flush_pending(
+    output_dir: Path, run: S3Location, endpoint_url: str | None = None, *, total_s: float | None = None
+) -> list[str]:
+    """Upload every pending snapshot (one committed already is just dropped), retrying through an outage until
+    ``total_s`` (``QA_S3_RETRY_S``) has passed; the names still pending after that. No retention here: the end
+    of a run deletes nothing."""
+    snaps = pending_snapshots(output_dir)
+    if not snaps:
+        return []
+    policy = RetryPolicy.uploads()
+    deadline = time.time() + (policy.total_s if total_s is None else total_s)
+    logger.warning(
+        "%d checkpoint(s) not uploaded yet (%s): retrying for up to %.0fs before the run ends",
+        len(snaps), ", ".join(p.name for p in snaps), deadline - time.time(),
+    )  # fmt: skip
+    client = make_client(endpoint_url, policy=policy)
+    left = []
+    for snap in snaps:
+        result = upload_checkpoint(client, run, snap.name, snap, keep=None, protect=set(), concurrency=10,
+                                   endpoint_url=endpoint_url, policy=_until(policy, deadline), if_missing=True)  # fmt: skip
+        if not result["ok"]:
+            left.append(snap.name)
+    return left
+
+
+def _until(policy: RetryPolicy, retry_until: float | None) -> RetryPolicy:
+    """The policy with its total time cut to end at ``retry_until`` (epoch seconds), when given."""
+    return (
+        policy if retry_until is None else replace(policy, total_s=max(0.0, float(retry_until) - time.time()))
+    )
+
+
+def _drop_snapshot(local_dir: Path) -> None:
+    if local_dir.parent.name == PENDING_DIR:
+        shutil.rmtree(local_dir, ignore_errors=True)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -106,7 +164,8 @@ def main() -> int:
     if config.get("nice"):
         os.nice(int(config["nice"]))
     run = S3Location.parse(config["run"])
-    client = make_client(config.get("endpoint_url"), max_attempts=int(config.get("max_attempts", 6)))
+    policy = RetryPolicy.uploads().with_attempts(int(config.get("max_attempts", 6)))
+    client = make_client(config.get("endpoint_url"), policy=policy)
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -121,6 +180,8 @@ def main() -> int:
             concurrency=int(config.get("concurrency", 10)),
             max_mbps=float(config.get("max_mbps") or 0),
             endpoint_url=config.get("endpoint_url"),
+            policy=_until(policy, job.get("retry_until")),
+            if_missing=bool(job.get("if_missing")),
         )
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
