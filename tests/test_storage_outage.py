@@ -290,18 +290,13 @@ def test_training_through_a_frozen_then_restarted_store_commits_every_checkpoint
     cmd = train_cmd(tiny_llama, records_file, out, f"s3://{bucket}/runs", "frozen", "--save_total_limit", "10",
                     "--max_steps", "8", "--s3_max_attempts", "2")  # fmt: skip
     proc = Proc(cmd, env)
-    deadline = time.monotonic() + 300
-    while (
-        "Syncing checkpoints to" not in proc.output and proc.p.poll() is None and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
+    assert proc.wait_for("Syncing checkpoints to"), proc.output[-3000:]
     outage.freeze()
     try:
         time.sleep(20)
     finally:
         outage.thaw()
-    while "Committed s3://" not in proc.output and proc.p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc.wait_for("Committed s3://")  # storage answered again; now it is killed and restarted
     outage.kill()
     time.sleep(8)
     outage.restart()

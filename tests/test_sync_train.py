@@ -51,6 +51,13 @@ class Proc:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def wait_for(self, text: str, timeout: float = 300) -> bool:
+        """Until ``text`` appears in the output (True) or the process ends or time runs out (False)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output and self.p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return text in self.output
+
     def wait(self, timeout: float = 300) -> int:
         rc = self.p.wait(timeout=timeout)
         self._t.join(timeout=10)
@@ -116,11 +123,7 @@ def test_s3_outage_during_training_finishes_locally_then_fails(s3, tiny_llama, r
     out = tmp_path / "out"
     cmd = train_cmd(tiny_llama, records_file, out, s3.uri("runs"), "outage", "--s3_max_attempts", "2")
     proc = Proc(cmd, env)
-    deadline = time.monotonic() + 300
-    while (
-        "Syncing checkpoints to" not in proc.output and proc.p.poll() is None and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
+    proc.wait_for("Syncing checkpoints to")
     proxy.cut()  # storage checked fine at start; now it vanishes before the first checkpoint
     rc = proc.wait()
     assert rc != 0, proc.output[-3000:]

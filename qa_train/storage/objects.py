@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import StorageAccessError, StorageError, describe_error, is_not_found
 from .uris import S3Location
+
+T = TypeVar("T")
 
 
 def check_access(client: Any, loc: S3Location, endpoint_url: str | None = None) -> None:
@@ -62,24 +65,24 @@ def upload_file(client: Any, path: Path, bucket: str, key: str) -> None:
     client.upload_file(str(path), bucket, key)
 
 
-def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    """The object's metadata (``ContentLength``, ``ETag``, ``Metadata``), None when it does not exist."""
+def _unless_missing(call: Callable[[], T]) -> T | None:
+    """``call()``, or None when the object does not exist (every other error is raised)."""
     try:
-        return dict(client.head_object(Bucket=bucket, Key=key))
+        return call()
     except Exception as exc:
         if is_not_found(exc):
             return None
         raise
+
+
+def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's metadata (``ContentLength``, ``ETag``, ``Metadata``), None when it does not exist."""
+    return _unless_missing(lambda: dict(client.head_object(Bucket=bucket, Key=key)))
 
 
 def get_bytes(client: Any, bucket: str, key: str) -> bytes | None:
     """The object's bytes, None when it does not exist."""
-    try:
-        return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except Exception as exc:
-        if is_not_found(exc):
-            return None
-        raise
+    return _unless_missing(lambda: bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
 
 
 def put_bytes(client: Any, bucket: str, key: str, body: bytes, content_type: str | None = None) -> None:
