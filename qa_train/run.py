@@ -346,7 +346,10 @@ class Reporter:
             backend=env.get(ENV_BACKEND) or None,
             launch=prev.launch + 1 if prev else 1,
             last_committed_step=prev.last_committed_step if prev else None,
+            inputs=prev.inputs if prev else None,
         )
+        # train's input fingerprints (qa_train.fingerprint) and its checkpoints still waiting for upload
+        self._train_dir = Path(job.train_output_dir())
         self.write()
 
     def _warn_once(self, what: str, exc: BaseException) -> None:
@@ -392,7 +395,18 @@ class Reporter:
             self._warn_once(f"cannot list {self.store.layout.root}; no stage is skipped", e)
             return set()
 
+    def refresh_inputs(self) -> None:
+        """The report carries the input fingerprints train recorded (``output_dir/inputs.json``)."""
+        from qa_train.fingerprint import read_local_record
+
+        inputs = read_local_record(self._train_dir) if (self._train_dir / "inputs.json").is_file() else None
+        with self._lock:
+            if inputs is not None and inputs != self.report.inputs:
+                self.report.inputs = inputs
+                self.write()
+
     def refresh_step(self) -> None:
+        self.refresh_inputs()
         if self.store is None:
             return
         try:
@@ -419,14 +433,31 @@ class Reporter:
         self.write()
 
     def watch(self, interval: float) -> None:
-        """Check the committed step every ``interval`` s in a daemon thread until ``unwatch``."""
+        """Rewrite the report after every checkpoint commit, in a daemon thread until ``unwatch``: train's
+        upload worker removes a checkpoint's snapshot from ``sync-pending/`` once it is committed, so a snapshot
+        that leaves (a local listing, every second) refreshes the committed step from storage; every
+        ``interval`` s it is refreshed anyway."""
         if self.store is None or interval <= 0:
             return
+        from qa_train.sync.worker import PENDING_DIR
+
         self._stop_watch.clear()
+        pending = self._train_dir / PENDING_DIR
+
+        def snapshots() -> set[str]:
+            try:
+                return set(os.listdir(pending))
+            except OSError:
+                return set()
 
         def loop() -> None:
-            while not self._stop_watch.wait(interval):
-                self.refresh_step()
+            seen, last = snapshots(), time.monotonic()
+            while not self._stop_watch.wait(min(1.0, interval)):
+                now = snapshots()
+                committed, seen = seen - now, now
+                if committed or time.monotonic() - last >= interval:
+                    self.refresh_step()
+                    last = time.monotonic()
 
         self._watcher = threading.Thread(target=loop, name="report-step", daemon=True)
         self._watcher.start()
@@ -477,9 +508,32 @@ class Reporter:
 
     def interrupted(self, code: int) -> None:
         """A signal (docker stop, preemption): the report stays ``running`` so the controller may relaunch."""
+        self.refresh_step()  # the stage's SIGTERM save was committed before it exited: last_committed_step
         with self._lock:
             self.report.error = f"interrupted (exit {code}); state left running for the controller to decide"
         self.write()
+
+    def verified(self, done: set[str], outputs: list[str]) -> set[str]:
+        """``done`` minus the stage outputs whose files do not match their manifest (size and sha256): such a
+        stage runs again (train resumes from the last good checkpoint) instead of being skipped, with a warning.
+        Storage that cannot be read now also runs the stage again."""
+        if self.store is None:
+            return done
+        from qa_train.sync.manifest import verify_remote
+        from qa_train.sync.storage import S3Location
+
+        good = set(done)
+        for name in [o for o in outputs if o in done]:
+            loc = S3Location.parse(self.store.layout.child(name))
+            try:
+                problem = verify_remote(self.store.client, loc.bucket, loc.prefix, loc.uri)
+            except Exception as e:  # noqa: BLE001 - unverifiable: redo the stage rather than trust it
+                problem = f"cannot verify: {type(e).__name__}: {e}"
+            if problem is not None:
+                good.discard(name)
+                print(f"[run] warning: {name}/ is committed but corrupt ({problem}); making it again (train "
+                      "resumes from the last good checkpoint)", file=sys.stderr, flush=True)  # fmt: skip
+        return good
 
 
 def restore(store: RunStore, folder: str, local: Path) -> None:
@@ -549,6 +603,8 @@ def run_stages(
     results: list[dict[str, Any]] = []
     code, error = 0, None
     done = reporter.committed() if reporter is not None else set()
+    if reporter is not None:  # a committed output is skipped only when its files match the manifest
+        done = reporter.verified(done, [s.output for s in stages if s.output is not None])
     skipped_outputs: set[str] = set()
     interval = float(os.environ.get(ENV_REPORT_INTERVAL) or 30)
     is_done = [s.output is not None and s.output in done for s in stages]

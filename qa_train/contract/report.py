@@ -44,6 +44,8 @@ class RunReport:
     state: RunState = RunState.RUNNING
     stages: list[StageResult] = field(default_factory=list)
     last_committed_step: int | None = None
+    # what train bound the run to: flag → {path, sha256, bytes} (qa_train.fingerprint, output_dir/inputs.json)
+    inputs: dict[str, Any] | None = None
     instance_id: str | None = None
     backend: str | None = None
     error: str | None = None

@@ -87,13 +87,25 @@ class SyncSession:
     inputs: Any = None  # qa_train.fingerprint.InputBinding when start_sync was given the input paths
 
     def committed_final(self) -> Any:
-        """The run's ``final/`` folder when it is committed (manifest present, every file there with its
-        size), else None; always None without a sync target."""
+        """The run's ``final/`` folder when it is committed and every file matches its manifest's size and
+        sha256, else None (a corrupt one with a warning: the caller uploads the final model again); always
+        None without a sync target."""
         if self.client is None or self.run is None:
             return None
+        from .manifest import verify_remote
         from .remote import list_run
 
-        return next((f for f in list_run(self.client, self.run) if f.name == "final" and f.committed), None)
+        final = next((f for f in list_run(self.client, self.run) if f.name == "final" and f.committed), None)
+        if final is None:
+            return None
+        loc = self.run.child("final")
+        problem = verify_remote(self.client, loc.bucket, loc.prefix, loc.uri)
+        if problem is not None:
+            logger.warning(
+                "%s is committed but corrupt (%s): uploading the final model again", loc.uri, problem
+            )
+            return None
+        return final
 
     def tokenized_cache(self, progress: bool = True) -> Any:
         """The run's remote tokenized-data cache (``RemoteTokenCache``), None without a sync target."""

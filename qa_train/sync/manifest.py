@@ -109,3 +109,28 @@ def verify_file(path: Path, entry: FileEntry, source: str) -> None:
 
 def as_dict(manifest: Manifest) -> dict[str, Any]:
     return json.loads(manifest.to_json())
+
+
+def verify_remote(client: Any, bucket: str, prefix: str, uri: str) -> str | None:
+    """Why the committed folder ``prefix`` cannot be trusted (a file missing, of another size or sha256 than
+    its manifest says), or None when every file checks out.
+
+    Why: a committed folder counted as done on its manifest and the files' sizes, so one flipped byte in
+    ``final/`` skipped training on every relaunch and failed merge on its sha256, forever. Streams each object
+    through sha256 (nothing written to disk); storage errors (botocore) propagate to the caller."""
+    try:
+        body = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST_NAME}")["Body"].read()
+        manifest = Manifest.from_json(body, f"{uri}/{MANIFEST_NAME}")
+    except ManifestError as exc:
+        return str(exc)
+    for entry in manifest.files:
+        digest, size = hashlib.sha256(), 0
+        stream = client.get_object(Bucket=bucket, Key=f"{prefix}/{entry.path}")["Body"]
+        for chunk in stream.iter_chunks(_BLOCK):
+            digest.update(chunk)
+            size += len(chunk)
+        if size != entry.size:
+            return f"{uri}/{entry.path}: size {size} != manifest size {entry.size}"
+        if digest.hexdigest() != entry.sha256:
+            return f"{uri}/{entry.path}: sha256 {digest.hexdigest()[:16]}… != manifest {entry.sha256[:16]}…"
+    return None
