@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -309,3 +310,63 @@ def test_training_through_a_frozen_then_restarted_store_commits_every_checkpoint
     assert "Traceback" not in proc.output
     assert not (out / PENDING_DIR).exists() or not any((out / PENDING_DIR).iterdir())
     assert json.loads((out / "train_summary.json").read_text())["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_run_reports_uploads_pending_while_it_retries_then_relaunches_as_storage(
+    store, tmp_path, monkeypatch
+):
+    """The container's end: train failed on storage (exit 3) leaving a checkpoint only on disk; ``run`` keeps
+    retrying it, its report says "uploads pending" until when (the controller keeps the instance), the
+    checkpoint lands once storage is back, and the final report is read as a storage failure to relaunch."""
+    import sys
+
+    from qa_train.run import Reporter, Stage, run_stages
+    from qa_train.spec import parse_job
+
+    server, bucket = store
+    outage = Outage(server)
+    monkeypatch.setenv("QA_S3_RETRY_S", "120")
+    job = parse_job({"run_name": "ends", "model": {"name_or_path": "org/model"},
+                     "data": {"train_path": "/nowhere/t.json"}, "stages": ["train"],
+                     "sync": {"target": f"s3://{bucket}/runs"}, "output_root": str(tmp_path / "out")})  # fmt: skip
+    fake_checkpoint(Path(job.train_output_dir()) / PENDING_DIR, 2)
+    local_report = Path(job.run_dir()) / "report.json"
+    seen: list[RunReport] = []
+
+    def watch_then_restart() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not seen:
+            if (
+                local_report.is_file()
+                and (r := RunReport.from_json(local_report.read_text())).uploads_pending
+            ):
+                seen.append(r)
+            time.sleep(0.1)
+        time.sleep(3)
+        outage.restart()
+
+    outage.kill()
+    watcher = threading.Thread(target=watch_then_restart)
+    try:
+        reporter = Reporter(job, Path(job.run_dir()))
+        watcher.start()
+        started = time.time()
+        code = run_stages([Stage("train", [[sys.executable, "-c", "raise SystemExit(3)"]])], None, reporter)
+    finally:
+        watcher.join(timeout=150)
+        if server.proc is not None and server.proc.poll() is not None:
+            outage.restart()
+    assert code == 3
+    assert seen and seen[0].uploads_pending == ["checkpoint-2"]
+    assert started + 110 < (seen[0].uploads_until or 0) < time.time() + 125
+    run = S3Location(bucket, "runs/ends")
+    assert committed_steps(server, run) == [2]
+    final = RunReport.from_json(
+        server.client().get_object(Bucket=bucket, Key="runs/ends/report.json")["Body"].read()
+    )
+    assert final.state == RunState.FAILED and final.uploads_pending == [] and final.last_committed_step == 2
+    d = RecoveryPolicy().decide(
+        Observation(InstanceStatus(InstanceState.EXITED, exit_code=3), final, now=time.time())
+    )
+    assert d.action == Action.RELAUNCH and d.cause == FailureReason.STORAGE_ERROR
