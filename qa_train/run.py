@@ -330,8 +330,6 @@ class Reporter:
         self.store = (
             RunStore(RunLayout.of(job.sync.target, job.run_name), job.sync.endpoint_url) if job.sync else None
         )
-        # train's checkpoints still waiting for upload (sync-pending/) and its input fingerprints
-        self._train_dir = Path(job.train_output_dir())
         self._lock = threading.RLock()
         self._warned: set[str] = set()
         self._stop_watch = threading.Event()
