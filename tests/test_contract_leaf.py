@@ -82,7 +82,8 @@ def test_exit_codes_map_to_failure_reasons():
     assert FailureReason.of_exit(3) == FailureReason.STORAGE_ERROR
     assert FailureReason.of_exit(143) == FailureReason.INSTANCE_KILLED
     assert FailureReason.of_exit(1) == FailureReason.of_exit(7) == FailureReason.TRAINING_ERROR
-    assert FailureReason.INSTANCE_LOST.relaunchable and not FailureReason.TRAINING_ERROR.relaunchable
+    assert FailureReason.INSTANCE_LOST.relaunchable and FailureReason.STORAGE_ERROR.relaunchable
+    assert not FailureReason.TRAINING_ERROR.relaunchable and not FailureReason.BAD_INPUT.relaunchable
 
 
 def test_train_summary_round_trip_and_refusals():

@@ -48,7 +48,12 @@ class FailureReason(StrEnum):
     @property
     def relaunchable(self) -> bool:
         """A managed job relaunches on these (while restarts are left); every other reason ends it."""
-        return self in (FailureReason.INSTANCE_LOST, FailureReason.INSTANCE_KILLED, FailureReason.NOT_READY)
+        return self in (
+            FailureReason.INSTANCE_LOST,
+            FailureReason.INSTANCE_KILLED,
+            FailureReason.NOT_READY,
+            FailureReason.STORAGE_ERROR,  # the run resumes once storage answers (no machine is blocklisted)
+        )
 
     @classmethod
     def of_exit(cls, code: int | None) -> FailureReason:
