@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One short GPU check (see bench/gpu_check.py): flash-attn varlen packed-vs-unpacked logits, packed tokens/s + MFU.
+# One short GPU check (bench/gpu_check.py, <= 10 min, one JSON): packed-vs-unpacked attention, packed vs padded
+# tokens/s + MFU on a ~0.6B random Llama, one QLoRA step. Without a GPU: python bench/gpu_check.py --tiny
 # On a GPU machine with the project installed (e.g. inside the qa-expert/train image):
 #   bash bench/gpu_check.sh
 set -euo pipefail

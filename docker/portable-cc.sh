@@ -5,7 +5,8 @@
 # -march=native on x86-64, plus -D__AVX512__ when the *build machine* has AVX-512, and offers no setting to change
 # either. The image runs on rented hosts with other CPUs (AMD Zen 2/3 have no AVX-512), so the prebuilt cpu_adam
 # must target a portable level instead: x86-64-v3 (AVX2, FMA, F16C) and DeepSpeed's 256-bit SIMD path.
-# Every rewrite is printed, so the build log shows the flags actually used.
+# Every rewrite is printed, and with PORTABLE_CC_LOG set every compile line is appended there (pip hides a build's
+# output), so the build log can show the flags actually used.
 set -euo pipefail
 case "$(basename "$0")" in
   *c++ | *g++) real=${PORTABLE_REAL_CXX:-g++} ;;
@@ -24,4 +25,5 @@ for a in "$@"; do
     *) args+=("$a") ;;
   esac
 done
+if [ -n "${PORTABLE_CC_LOG:-}" ]; then printf '%s %s\n' "$real" "${args[*]}" >>"$PORTABLE_CC_LOG"; fi
 exec "$real" "${args[@]}"
