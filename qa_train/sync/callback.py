@@ -214,6 +214,12 @@ class BackgroundUploader:
             self.wait()
         return list(self.failures)
 
+    def wait_for(self, name: str) -> None:
+        """Until ``name`` is not being uploaded: its snapshot must not be replaced under the worker (a rerun's
+        old ``checkpoint-N`` may still be on its way when training saves a new one of that name)."""
+        with self._cond:
+            self._cond.wait_for(lambda: name not in self._pending)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted upload finished (committed or failed); False if ``timeout`` ran out."""
         with self._cond:
@@ -273,6 +279,7 @@ class S3SyncCallback(TrainerCallback):
             return control
         if state.best_model_checkpoint:
             self.uploader.protect = {Path(state.best_model_checkpoint).name}
+        self.uploader.wait_for(name)
         pending = snapshot(ckpt, Path(args.output_dir) / PENDING_DIR / name)
         logger.info("Queued upload of %s to %s", name, self.uploader.run.child(name).uri)
         self.uploader.submit(name, pending)
