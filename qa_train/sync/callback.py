@@ -137,6 +137,7 @@ class BackgroundUploader:
                 ok = bool(result.get("ok"))
                 if ok:
                     self.committed.append(name)
+                    self.failures = [f for f in self.failures if f.name != name]  # an earlier try of it
                     if result.get("bytes") and result.get("seconds"):
                         self.transfers.append((int(result["bytes"]), float(result["seconds"])))
                 else:
