@@ -36,6 +36,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What the `train` extra brings (pyproject.toml): a command that needs one of them says so in one line.
+TRAIN_PACKAGES = frozenset(
+    {
+        "torch",
+        "transformers",
+        "tokenizers",
+        "peft",
+        "accelerate",
+        "datasets",
+        "safetensors",
+        "rank_bm25",
+        "matplotlib",
+    }
+)
+
+
 def usage() -> str:
     lines = ["usage: python -m qa_train <command> [args…]", "", "commands:"]
     lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -59,11 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from qa_train.fsutil import UsageError
 
-    module = importlib.import_module(COMMANDS[name][0])
     try:
+        module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a launcher-only install (`pip install .`) has no torch & co.
+        if (exc.name or "").split(".")[0] not in TRAIN_PACKAGES:
+            raise
+        print(
+            f"error: {name} needs the train extra (pip install 'qa-expert-trainer[train]'): {exc}",
+            file=sys.stderr,
+        )
         return 2
 
 

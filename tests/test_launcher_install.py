@@ -73,6 +73,8 @@ def test_the_launcher_alone_installs_without_torch_and_submits(tmp_path, vast, s
     where, found = p.stdout.splitlines()
     assert where.startswith(str(venv)) and found == "[]", p.stdout
     assert run(str(bin_ / "python"), "-c", "import torch").returncode != 0
+    p = run("qa-train", "train", "--help")  # the container's commands say what is missing, in one line
+    assert p.returncode == 2 and "needs the train extra" in p.stderr and "Traceback" not in p.stderr, p.stderr
     print(f"launcher-only venv: {_du_mb(venv):.0f} MB")
 
     # --dry_run
