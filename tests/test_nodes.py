@@ -1,0 +1,119 @@
+"""qa_train/nodes.py: each platform's node variables (as its docs name them) → torchrun's static-rendezvous flags;
+partial or inconsistent variables → one error naming the variable."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from qa_train.nodes import NodeEnvError, detect, torchrun_prefix
+
+# (platform, env as the platform sets it on node 1 of 2, expected flags)
+TABLE = [
+    (
+        "kubeflow",  # pkg/runtime/framework/plugins/torch/torch.go, pkg/constants/constants.go
+        {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "job-node-0-0.job",
+         "PET_MASTER_PORT": "29500", "PET_NPROC_PER_NODE": "auto"},
+        ["--nnodes", "2", "--node_rank", "1", "--master_addr", "job-node-0-0.job", "--master_port", "29500",
+         "--nproc_per_node", "auto"],
+    ),
+    (
+        "skypilot",  # docs/source/running-jobs/distributed-jobs.rst
+        {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6\n",
+         "SKYPILOT_NUM_GPUS_PER_NODE": "8"},
+        ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.5", "--master_port", "29500",
+         "--nproc_per_node", "8"],
+    ),
+    (
+        "dstack",  # mkdocs/docs/concepts/tasks.md, "System environment variables"
+        {"DSTACK_NODES_NUM": "2", "DSTACK_NODE_RANK": "1", "DSTACK_MASTER_NODE_IP": "10.1.0.2",
+         "DSTACK_GPUS_PER_NODE": "4", "DSTACK_NODES_IPS": "10.1.0.2\n10.1.0.3", "DSTACK_GPUS_NUM": "8"},
+        ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.1.0.2", "--master_port", "29500",
+         "--nproc_per_node", "4"],
+    ),
+    (
+        "runpod",  # instant-clusters/configuration.mdx
+        {"NUM_NODES": "2", "NODE_RANK": "1", "PRIMARY_ADDR": "10.65.0.2", "PRIMARY_PORT": "5000",
+         "MASTER_ADDR": "10.65.0.2", "MASTER_PORT": "5000", "NUM_TRAINERS": "8", "NODE_ADDR": "10.65.0.3",
+         "WORLD_SIZE": "16", "HOST_NODE_ADDR": "10.65.0.2:5000"},
+        ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.65.0.2", "--master_port", "5000",
+         "--nproc_per_node", "8"],
+    ),
+    (
+        "plain",
+        {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "head.local", "MASTER_PORT": "23456"},
+        ["--nnodes", "2", "--node_rank", "1", "--master_addr", "head.local", "--master_port", "23456",
+         "--nproc_per_node", "2"],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("platform", "env", "flags"), TABLE, ids=[t[0] for t in TABLE])
+def test_platform_env_to_torchrun_flags(platform: str, env: dict[str, str], flags: list[str]) -> None:
+    node = detect(env, default_nproc=2)
+    assert node is not None and node.platform == platform
+    assert node.torchrun_flags() == flags
+
+
+def test_one_machine_has_no_group() -> None:
+    assert detect({}) is None
+    assert detect({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "PATH": "/bin"}) is None
+    # a one-node SkyPilot job sets the variables too: a group of one runs as on one machine
+    one = {"SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "10.0.0.5"}
+    assert detect(one) is not None and torchrun_prefix("py", one, 1) is None
+
+
+def test_runpod_sets_nccl_to_the_cluster_interface_unless_set() -> None:
+    env = {"NUM_NODES": "2", "NODE_RANK": "0", "PRIMARY_ADDR": "10.65.0.2", "PRIMARY_PORT": "5000"}
+    got = torchrun_prefix(sys.executable, env, 8)
+    assert got is not None
+    cmd, extra = got
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert extra == {"NCCL_SOCKET_IFNAME": "ens1"}
+    assert detect({**env, "NCCL_SOCKET_IFNAME": "ens2"}).env == {}  # type: ignore[union-attr]
+    # RunPod's legacy names alone also work
+    legacy = {"NUM_NODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.65.0.2", "MASTER_PORT": "5000"}
+    assert detect(legacy).platform == "runpod"  # type: ignore[union-attr]
+
+
+def test_engine_before_runpod_and_port_override() -> None:
+    """dstack provisions RunPod Instant Clusters: its own variables describe the run."""
+    env = {"DSTACK_NODES_NUM": "2", "DSTACK_NODE_RANK": "0", "DSTACK_MASTER_NODE_IP": "10.1.0.2",
+           "NUM_NODES": "2", "NODE_RANK": "0", "PRIMARY_ADDR": "10.65.0.2", "QA_MASTER_PORT": "12345"}  # fmt: skip
+    node = detect(env)
+    assert node is not None and node.platform == "dstack" and node.master_port == 12345
+
+
+def test_cpu_nodes_run_the_plans_process_count() -> None:
+    env = {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "a\nb",
+           "SKYPILOT_NUM_GPUS_PER_NODE": "0"}  # fmt: skip
+    assert detect(env, default_nproc=2).nproc_per_node == "2"  # type: ignore[union-attr]
+
+
+BAD = [
+    ({"PET_NNODES": "2", "PET_MASTER_ADDR": "h", "PET_MASTER_PORT": "29500"}, "PET_NODE_RANK is not set"),
+    ({"PET_NNODES": "2", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "h"}, "PET_MASTER_PORT is not set"),
+    ({"SKYPILOT_NUM_NODES": "3", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "a\nb"},
+     "SKYPILOT_NODE_IPS lists 2 IPs but SKYPILOT_NUM_NODES=3"),
+    ({"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "0"}, "SKYPILOT_NODE_IPS is not set"),
+    ({"DSTACK_NODES_NUM": "2", "DSTACK_NODE_RANK": "2", "DSTACK_MASTER_NODE_IP": "h"},
+     "DSTACK_NODE_RANK=2 must be < DSTACK_NODES_NUM=2"),
+    ({"DSTACK_NODES_NUM": "two", "DSTACK_NODE_RANK": "0", "DSTACK_MASTER_NODE_IP": "h"},
+     "DSTACK_NODES_NUM='two' is not an integer"),
+    ({"NUM_NODES": "2", "NODE_RANK": "0", "PRIMARY_PORT": "5000"}, "PRIMARY_ADDR or MASTER_ADDR is not set"),
+    ({"NUM_NODES": "2", "NODE_RANK": "0", "PRIMARY_ADDR": "h", "PRIMARY_PORT": "70000"},
+     "PRIMARY_PORT=70000 is not a port number"),
+    ({"NUM_TRAINERS": "8"}, "NUM_NODES is not set"),
+    ({"NODE_RANK": "1", "MASTER_ADDR": "h"}, "NNODES is not set"),
+    ({"NNODES": "2", "NODE_RANK": "-1", "MASTER_ADDR": "h"}, "NODE_RANK=-1 must be >= 0"),
+    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "h; rm -rf /"}, "MASTER_ADDR='h; rm -rf /' is not a host"),
+    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "h", "NPROC_PER_NODE": "x"},
+     "NPROC_PER_NODE='x' is not a process count"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("env", "message"), BAD, ids=[m.split()[0] for _, m in BAD])
+def test_partial_or_inconsistent_env_names_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(NodeEnvError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
+        detect(env)
