@@ -561,6 +561,15 @@ def main(argv: list[str]) -> int:
             logger.warning("%s", exc)
             print(str(exc), file=sys.stderr, flush=True)
         return EXIT_SIGTERM
+    except Exception as exc:  # a full disk (any writer's wording): one line naming folder and space, exit 1
+        from qa_train.disk_full import EXIT_DISK_FULL, disk_full_line
+
+        line = disk_full_line(exc, argv)
+        if line is None:
+            raise
+        _log_error(line)
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_DISK_FULL
     return 0
 
 
