@@ -200,3 +200,17 @@ def torchrun_prefix(
     if node is None or node.nnodes == 1:
         return None
     return [python, "-m", "torch.distributed.run", *node.torchrun_flags()], dict(node.env)
+
+
+def group_train_command(
+    python: str, env: Mapping[str, str], num_gpus: int, train_args: list[str]
+) -> list[str] | None:
+    """The train stage's command on a node of a multi-node group: torchrun with this node's flags running
+    ``qa_train train`` (a ``--deepspeed`` config among ``train_args`` works the same under torchrun), behind
+    ``env K=V`` for what the platform needs (RunPod's NCCL interface); ``None`` on one machine."""
+    got = torchrun_prefix(python, env, num_gpus)
+    if got is None:
+        return None
+    cmd, extra = got
+    head = ["env", *(f"{k}={v}" for k, v in sorted(extra.items()))] if extra else []
+    return [*head, *cmd, "-m", "qa_train", "train", *train_args]

@@ -46,6 +46,7 @@ from qa_train.contract import (
     StageResult,
 )
 from qa_train.fsutil import atomic_write_text
+from qa_train.nodes import NodeEnvError, group_train_command
 from qa_train.spec import JobSpec, Plan, RenderedSpec, SpecError, load_any
 from qa_train.storage import RunStore
 
@@ -188,7 +189,15 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                     demo += ["--cache_dir", job.model.make_demo.cache_dir]
                 cmds.append(demo)
                 skips.append(f"{job.demo_model_dir()}/qa_train_complete.json")  # published whole, marker last
-            if plan.launcher == "deepspeed":
+            ds_flags = (
+                ["--deepspeed", ds_config_path] if ds_config_path and plan.launcher == "deepspeed" else []
+            )
+            group = group_train_command(
+                sys.executable, os.environ, plan.num_gpus, train_flags(job, plan) + ds_flags
+            )
+            if group is not None:  # one node of a multi-node group (qa_train/nodes.py)
+                cmds.append(group)
+            elif plan.launcher == "deepspeed":
                 if not ds_config_path:
                     raise ValueError("a deepspeed plan needs the config path")
                 cmds.append(
@@ -820,7 +829,11 @@ def main(argv: list[str]) -> int:
     run_dir = Path(job.run_dir())
     ds_path = str(run_dir / "ds_config.json") if plan.launcher == "deepspeed" else None
     local_job, fetch_stage = localize(job, backend=os.environ.get(ENV_BACKEND))
-    stages = ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
+    try:
+        stages = ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
+    except NodeEnvError as e:  # the platform's node variables are partial: nothing has started
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if a.print_plan:
         print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages if s.commands], indent=2))
         return 0

@@ -3,7 +3,9 @@ partial or inconsistent variables → one error naming the variable."""
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,38 @@ BAD = [
 def test_partial_or_inconsistent_env_names_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(NodeEnvError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
         detect(env)
+
+
+def test_run_builds_the_train_stage_as_torchrun_on_a_node_of_a_group(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """qa_train run: on a RunPod cluster node the train command is torchrun with that node's flags and NCCL on
+    ens1; a partial set of variables is one error line and exit 2, before any stage starts."""
+    from qa_train.run import build_stages, default_plan, main
+    from qa_train.spec import parse_job
+
+    job = parse_job({"run_name": "r", "model": {"name_or_path": "/m"}, "data": {"train_path": "/d.json"},
+                     "stages": ["train"]})  # fmt: skip
+    for k, v in {
+        "NUM_NODES": "2",
+        "NODE_RANK": "1",
+        "PRIMARY_ADDR": "10.65.0.2",
+        "PRIMARY_PORT": "5000",
+    }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)
+    cmd = build_stages(job, default_plan(job))[0].commands[-1]
+    i = cmd.index("torch.distributed.run")
+    assert cmd[:2] == ["env", "NCCL_SOCKET_IFNAME=ens1"]
+    assert cmd[i + 1 : i + 11] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.65.0.2",
+                                   "--master_port", "5000", "--nproc_per_node", "1"]  # fmt: skip
+    assert cmd[i + 11 : i + 14] == ["-m", "qa_train", "train"] and "--model_name_or_path" in cmd
+    monkeypatch.delenv("PRIMARY_ADDR")
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(job.model_dump(mode="json") | {"output_root": str(tmp_path / "out")}))
+    assert main([str(spec)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: PRIMARY_ADDR or MASTER_ADDR is not set (runpod node variables are partial)"
+    )
+    assert not (tmp_path / "out").exists()
