@@ -14,8 +14,6 @@ from qa_train.fsutil import MARKER
 from tests.test_local_checkpoint import local_cmd
 from tests.test_sync_train import Proc
 
-pytestmark = pytest.mark.slow
-
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -45,6 +43,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(m)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_leaves_nothing_finished(small_disk, tiny_llama, records_file, tmp_path):
     env = {"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     probe = tmp_path / "probe"  # how big one checkpoint of this model is
@@ -67,3 +66,30 @@ def test_full_disk_is_one_line_and_leaves_nothing_finished(small_disk, tiny_llam
     assert not (out / "checkpoint-4").exists()
     assert not (out / "train_summary.json").exists() and not (out / MARKER).exists()
     assert not list(out.glob(".final.tmp-*"))
+
+
+@pytest.mark.parametrize(("job", "disk_gb", "warned"), [("mistral-qa-full", 200, True), ("mistral-qa-full", 400, False),
+                                                         ("mistral-qa-lora", 150, False), ("smoke", 10, False)])  # fmt: skip
+def test_submit_warns_when_disk_gb_cannot_hold_two_checkpoints(
+    job, disk_gb, warned, tmp_path, capsys, monkeypatch
+):
+    """Preflight (launcher, nothing rented): full Mistral-7B checkpoints are ~100 GB each with ZeRO's fp32
+    states, so 200 GB cannot hold two plus the base model; 400 GB can; a LoRA checkpoint is small."""
+    import yaml
+
+    from launch.submit import main
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("QA_RUNS_ROOT", str(tmp_path / "runs"))
+    doc = yaml.safe_load((REPO / "jobs" / f"{job}.yaml").read_text())
+    doc["disk_gb"] = disk_gb
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    gpu = "cpu" if job == "smoke" else "a100"
+    assert main(["submit", str(spec), "--gpu", gpu, "--dry_run"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning: disk_gb")]
+    assert len(lines) == (1 if warned else 0), err
+    if warned:
+        assert f"disk_gb {disk_gb} may be too small: a checkpoint of this model is ~" in lines[0]

@@ -81,6 +81,10 @@ class SubmitCommands(Commands):
         rendered = render(spec_job, gpu, num_gpus=num_gpus, offload=offload, image=image,
                           job_id=str(job_id) if job_id is not None else None, env=env,
                           secret_names=list(secrets))  # fmt: skip
+        from launch.jobs.disk import disk_warning
+
+        if disk := disk_warning(rendered):  # two checkpoints + base + final must fit on disk_gb
+            print(disk, file=sys.stderr)
         if dry_run:
             print(redact(spec_json(rendered), secrets), end="")
             if bound := preemption_bound_line(spec_job.training.save_every_minutes):  # no offer known yet
