@@ -104,6 +104,32 @@ def _setup_logging(training_args: Any) -> None:
     route_transformers(level)
 
 
+def _init_distributed(training_args: Any) -> None:
+    """Join the process group before anything else: ZeRO-3 builds the model sharded (``deepspeed.zero.Init``
+    inside ``from_pretrained``) and checks the Trainer's batch size against the world it sees, which is 1 until
+    DeepSpeed's communication is set up; rank-0-only work (sync, tokenization cache) needs the ranks too.
+    ``TrainingArguments.device`` is what sets the group up (DeepSpeed's comm under ``--deepspeed``, else
+    torch.distributed for DDP); a single process gets no group."""
+    _ = training_args.device
+    if training_args.deepspeed and training_args.world_size > 1:
+        # Accelerate sets up DeepSpeed's comm only on an accelerator; on CPU (gloo) it makes a plain torch group,
+        # which DeepSpeed's comm then wraps (init_distributed reuses an initialized torch.distributed group).
+        from deepspeed import comm as ds_comm
+
+        if not ds_comm.is_initialized():
+            ds_comm.init_distributed(
+                dist_backend=training_args.distributed_state.backend, auto_mpi_discovery=False
+            )
+    if training_args.world_size > 1:
+        logger.info(
+            "Distributed: rank %d of %d (local rank %d, backend %s)",
+            training_args.process_index,
+            training_args.world_size,
+            training_args.local_process_index,
+            training_args.distributed_state.backend if training_args.distributed_state else "-",
+        )
+
+
 def _check_flags(model_args: Any, data_args: Any, training_args: Any) -> None:
     from qa_train.fsutil import check_output
     from qa_train.modeling import MODEL_TYPES, check_model_path
@@ -262,6 +288,11 @@ def load_model(model_args: Any, data_args: Any, training_args: Any, tokenizer: A
         dtype,
         ", 4-bit nf4" if training_args.qlora else "",
     )
+    # Every random start (LoRA's A matrices, the new token rows) from the run's seed, whatever consumed the RNG
+    # before (process-group setup, tokenization): k ranks and one rank must start from the same adapter.
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     resize_embeddings(model, tokenizer, training_args.new_token_init)
     model.config.use_cache = False
@@ -326,12 +357,23 @@ def _marker_callback() -> Any:
 
     class CheckpointMarker(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            # Every rank writes its own RNG state (rng_state_<rank>.pth) after the collective model save, with
+            # no barrier before on_save: rank 0 must not mark (and sync upload) the folder until all have.
+            _barrier()
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and ckpt.is_dir():
                 write_marker(ckpt, "train", kind="checkpoint", global_step=state.global_step)
             return control
 
     return CheckpointMarker()
+
+
+def _barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _clear_stale_outputs(output_dir: Path, training: bool) -> None:
@@ -392,6 +434,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     training_args.report_to = split_trackers(training_args.report_to)
     _tensorboard_logging_dir(training_args)
     _setup_logging(training_args)
+    _init_distributed(training_args)
     guard = PreemptionGuard(
         save_every_minutes=training_args.save_every_minutes,
         grace_s=training_args.sigterm_grace_s,
