@@ -152,6 +152,12 @@ def _deepspeed_cmd(num_gpus: int) -> list[str]:
     return [*head, "--num_gpus", str(max(num_gpus, 1)), "--module", "qa_train", "train"]
 
 
+def _torchrun_cmd(num_gpus: int) -> list[str]:
+    """One node, ``num_gpus`` ranks (torchrun's standalone rendezvous picks a free port)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_gpus),
+            "-m", "qa_train", "train"]  # fmt: skip
+
+
 # The GPU image's eval venv: vLLM pins its own torch, so it lives beside the training venv (docker/README.md).
 EVAL_VENV_PYTHON = "/opt/eval-venv/bin/python"
 
@@ -203,6 +209,8 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                 cmds.append(
                     [*_deepspeed_cmd(plan.num_gpus), *train_flags(job, plan), "--deepspeed", ds_config_path]
                 )
+            elif plan.num_gpus > 1:  # DDP (LoRA / QLoRA without ZeRO): one process per GPU
+                cmds.append([*_torchrun_cmd(plan.num_gpus), *train_flags(job, plan)])
             else:
                 cmds.append([*py, "train", *train_flags(job, plan)])
             skips.append(None)

@@ -501,6 +501,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         "train_loss": None,
         "eval_loss": None,
         "global_step": 0,
+        "world_size": training_args.world_size,  # data-parallel ranks (all nodes)
         "resumed_from": session.resumed_from,
         "tokenized_from": train_data.origin if train_data is not None else None,  # local | remote | built
         **summary_fields(session.inputs),  # inputs (fingerprints), restarted_data (--restart_data)

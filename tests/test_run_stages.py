@@ -56,6 +56,25 @@ def test_full_job_on_a6000_uses_deepspeed_with_the_readme_flags():
     assert (_opt(ev, "--sync_to"), _opt(ev, "--run_name")) == ("s3://bkt/runs", "r")
 
 
+def test_several_gpus_without_zero_train_one_process_per_gpu_with_torchrun():
+    """A plan of 2 GPUs without DeepSpeed (DDP: LoRA / QLoRA) starts one rank per GPU, not one process."""
+    r = render(mistral(use_lora=True, lora={"r": 8, "alpha": 16, "dropout": 0.0}), "a100")
+    plan = r.plan.model_copy(update={"launcher": "python", "num_gpus": 2})
+    (train,) = build_stages(r.job, plan)[0].commands
+    assert train[:7] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+    ]
+    assert train[7:9] == ["qa_train", "train"] and "--deepspeed" not in train
+    one = r.plan.model_copy(update={"launcher": "python", "num_gpus": 1})
+    assert build_stages(r.job, one)[0].commands[0][1:4] == ["-m", "qa_train", "train"]
+
+
 def test_lora_job_merges_the_train_output_then_evaluates_the_merge():
     r = render(mistral(use_lora=True, lora={"r": 8, "alpha": 16, "dropout": 0.0}, eval={"limit": 8}), "a100")
     train, merge, ev = build_stages(r.job, r.plan)

@@ -33,6 +33,7 @@ class TrainSummary:
     eval_loss: float | None = None
     eval_tokens: int | None = None
     global_step: int = 0
+    world_size: int = 1  # data-parallel ranks that trained (every node's)
     resumed_from: str | None = None  # the checkpoint's URI or path this run resumed from
     tokenized_from: str | None = None  # local | remote | built
 
