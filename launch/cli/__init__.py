@@ -17,6 +17,7 @@ from launch.backends.base import CloudError
 from launch.cli import args as cli_args
 from launch.cli.common import CliError
 from launch.cli.data import DataCommands
+from launch.cli.export import ExportCommands
 from launch.cli.images import ImageCommands
 from launch.cli.jobs import JobCommands
 from launch.cli.submit import SubmitCommands
@@ -39,10 +40,11 @@ COMMANDS = (
     "push",
     "check_image",
     "upload-data",
+    "export",
 )
 
 
-class Launcher(SubmitCommands, JobCommands, ImageCommands, DataCommands):
+class Launcher(SubmitCommands, JobCommands, ImageCommands, DataCommands, ExportCommands):
     """Render job specs per GPU and run them on local Docker, vast.ai or RunPod."""
 
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         command = cli_args.parse(Launcher, argv, COMMANDS, default="submit", prog=prog(),
                                  **cli_args.launcher_rules())  # fmt: skip
         launcher = Launcher(runs_dir)
-        fire.Fire(launcher, command=command, name="submit.py")
+        fire.Fire(launcher, command=command, name="qa-launch" if prog() == "qa-launch" else "submit.py")
     except (cli_args.UsageError, SpecError, PlanError, SecretError) as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
