@@ -43,6 +43,19 @@ def _flip_byte(s3, key: str) -> None:
     client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(body))
 
 
+def _wait_for_committed_step(s3, proc: Proc, deadline: float) -> int | None:
+    """The run report's last_committed_step once it names one (polling storage while the run lives)."""
+    while time.monotonic() < deadline and proc.p.poll() is None:
+        try:
+            step = _report(s3, "stale").last_committed_step
+        except Exception:  # noqa: BLE001 - not written yet
+            step = None
+        if step is not None:
+            return step
+        time.sleep(0.5)
+    return None
+
+
 def _verify(s3, folder: str) -> str | None:
     return verify_remote(s3.client(), s3.bucket, folder, f"{s3.uri(folder)}")
 
@@ -108,22 +121,20 @@ def test_report_follows_each_commit_and_the_sigterm_one(s3, tiny_llama, records_
     # the periodic refresh never comes within the test: only a commit can rewrite the report
     env = {**s3.env, "QA_JOB_SPEC": json.dumps(job), "QA_REPORT_INTERVAL": "3600", "PYTHONUNBUFFERED": "1"}
     proc = Proc([PY, "-m", "qa_train", "run"], env)
-    deadline = time.monotonic() + 600
-    seen = None
-    while time.monotonic() < deadline and proc.p.poll() is None:
-        try:
-            seen = _report(s3, "stale").last_committed_step
-        except Exception:  # noqa: BLE001 - not written yet
-            seen = None
-        if seen is not None:
-            break
-        time.sleep(0.5)
-    assert seen is not None and seen % 3 == 0, proc.output[
-        -3000:
-    ]  # rewritten during training, after a commit
-
-    proc.p.send_signal(signal.SIGTERM)  # what docker stop / a cloud's shutdown sends to PID 1
-    rc = proc.wait(timeout=300)
+    try:
+        seen = _wait_for_committed_step(s3, proc, deadline=time.monotonic() + 600)
+        assert seen is not None and seen % 3 == 0, proc.output[
+            -3000:
+        ]  # rewritten in training, after a commit
+        proc.p.send_signal(signal.SIGTERM)  # what docker stop / a cloud's shutdown sends to PID 1
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.p.poll() is None:  # never leave an endless training behind
+            proc.p.send_signal(signal.SIGTERM)
+            try:
+                proc.p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.p.kill()
     assert rc == 128 + signal.SIGTERM, proc.output[-3000:]
     line = next((ln for ln in proc.lines if "SIGTERM: saved and committed checkpoint-" in ln), None)
     assert line is not None, proc.output[-3000:]
