@@ -10,8 +10,8 @@ takes the other way explicitly: the run's old checkpoints go, training starts fr
 ``train_summary.json`` says so.
 
 Inputs are the local paths ``train`` reads: an ``s3://``, ``https://`` or ``hf://`` input was fetched by
-``qa_train run`` into the input cache first, so its content is what is hashed (for ``hf://`` that content
-binds the run more tightly than the resolved commit would; the commit itself is not pinned at submit time).
+``qa_train run`` into the input cache first, so its content is what is hashed. An ``hf://`` input is also
+pinned to its commit when the job is submitted (``launch/jobs/pin.py``): the spec every relaunch reads names it.
 The base model is fingerprinted cheaply (its config and tokenizer files, the names and sizes of the weights)
 and a change there is a warning, not a refusal: a tiny model rebuilt on a fresh machine need not be
 byte-identical.

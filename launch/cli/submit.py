@@ -62,6 +62,7 @@ class SubmitCommands(Commands):
         capacity_wait_s: float = 6 * 3600.0,
         max_cost: float | None = None,
         keep_instance: bool = False,
+        nodes: int = 1,
     ) -> None:
         """Render JOB for GPU and submit it (or print the rendered spec with --dry_run).
 
@@ -70,11 +71,18 @@ class SubmitCommands(Commands):
         checkpoint and stop and the job ends STOPPED_BUDGET (needs --managed or --detach); --detach: run that
         controller in the background (status/logs/cancel/resume from any shell). Cloud instances stop
         themselves when the run ends unless --keep_instance. --backend local without sync binds runs/JOB_ID/outputs
-        (or QA_RUNS_DIR) at the container's /runs: the report, metrics and model stay on this machine."""
+        (or QA_RUNS_DIR) at the container's /runs: the report, metrics and model stay on this machine.
+        --nodes N (> 1): one RunPod Instant Cluster of N nodes (--backend runpod, --managed or --detach); the
+        price and --max_cost count every node."""
         if max_cost is not None and not float(max_cost) > 0:
             raise cli_args.UsageError(f"--max_cost must be > 0 dollars (got {max_cost})")
         if max_cost is not None and not (managed or detach or dry_run):
             raise cli_args.UsageError("--max_cost needs --managed or --detach (its controller stops the job)")
+        from launch.jobs.nodes import nodes_problem
+
+        controlled = bool(managed or detach or dry_run)
+        if problem := nodes_problem(int(nodes), backend, controlled, bool(interruptible)):
+            raise cli_args.UsageError(problem)
         spec_job = with_save_bound(load_job(job), bool(interruptible))  # interruptible: save every 30 min
         secrets = load_secrets(CONTAINER_SECRETS, env_file=env_file)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
@@ -103,7 +111,7 @@ class SubmitCommands(Commands):
             capacity_wait_s=float(capacity_wait_s), max_cost_usd=None if max_cost is None else float(max_cost),
             data_dir=str(Path(data_dir).resolve()) if data_dir else None, network=network,
             outputs_dir=_outputs_dir(self._runs_dir, rendered, backend),
-            env_file=str(Path(env_file).resolve()) if env_file else None,
+            env_file=str(Path(env_file).resolve()) if env_file else None, nodes=int(nodes),
         )  # fmt: skip
         reg = self._registry()  # a broken registry file is found before anything else is checked or rented
         if get_profile(rendered.gpu.profile).is_cpu and backend != "local":
@@ -112,6 +120,10 @@ class SubmitCommands(Commands):
             plan = prepare(rendered, secrets, opts)
         except SubmitError as e:
             raise CliError(str(e)) from None
+        from launch.jobs.pin import pin_plan
+
+        plan = pin_plan(plan)  # hf:// inputs pinned to their commit: every launch reads the same data
+        rendered = plan.spec
         row, created = reg.claim(
             rendered.job_id, backend, gpu=rendered.gpu.profile, run_name=spec_job.run_name,
             run_uri=plan.store.layout.root if plan.store else None, managed=bool(managed or detach), options=opts,
