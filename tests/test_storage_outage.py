@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from qa_train.storage import RetryPolicy, S3Location, is_transient, make_client,
 from qa_train.sync.callback import BackgroundUploader
 from qa_train.sync.remote import list_run
 from qa_train.sync.worker import PENDING_DIR, flush_pending
-from tests.fixtures_s3 import SeaweedFS, drop_bucket, start_seaweedfs
+from tests.fixtures_s3 import S3Bucket, SeaweedFS, start_seaweedfs
 from tests.test_sync_storage import fake_checkpoint
 from tests.test_sync_train import Proc, train_cmd
 
@@ -66,8 +65,9 @@ class Outage:
 
 
 @pytest.fixture(scope="module")
-def own_server(tmp_path_factory) -> Iterator[SeaweedFS]:
-    """A server of this module only: freezing the session's one would stall every other test's fixture."""
+def seaweedfs(tmp_path_factory) -> Iterator[SeaweedFS]:
+    """This module's own server (the ``s3`` fixture uses it here): freezing the session's one would stall
+    every other test's fixture."""
     server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs-outage"))
     try:
         yield server
@@ -78,15 +78,9 @@ def own_server(tmp_path_factory) -> Iterator[SeaweedFS]:
 
 
 @pytest.fixture
-def store(own_server: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SeaweedFS, str]]:
-    bucket = "qa-" + uuid.uuid4().hex[:16]
-    own_server.client().create_bucket(Bucket=bucket)
-    for k, v in own_server.env().items():
-        monkeypatch.setenv(k, v)
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "QA_S3_RETRY_S"):
-        monkeypatch.delenv(k, raising=False)
-    yield own_server, bucket
-    drop_bucket(own_server.client(), bucket)
+def store(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> tuple[SeaweedFS, str]:
+    monkeypatch.delenv("QA_S3_RETRY_S", raising=False)  # the default bound unless a test sets one
+    return s3.server, s3.bucket
 
 
 def committed_steps(server: SeaweedFS, run: S3Location) -> list[int]:
