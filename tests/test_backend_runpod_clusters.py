@@ -127,3 +127,60 @@ def test_the_double_refuses_what_the_schema_refuses(double: RunpodClusterDouble)
     double.no_capacity(H100)
     with pytest.raises(NoCapacity):
         c.create(request(), offer)
+
+
+def test_the_offer_walk_rents_one_cluster_for_the_whole_group(
+    double: RunpodClusterDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """submit --nodes 3 --backend runpod: JobOptions.nodes → make_computes → one cluster, priced for 3 nodes;
+    status / logs / cancel find the same compute again by the recorded backend name."""
+    from launch.backends import get_compute
+    from launch.jobs.offers import OfferWalk
+    from launch.jobs.plan import make_computes
+    from launch.jobs.state import JobOptions
+
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    monkeypatch.setenv("RUNPOD_API_URL", f"{double.url}/graphql")
+    opts = JobOptions.from_json(JobOptions(backend="runpod", nodes=3).to_json())
+    computes = make_computes("runpod", opts)
+    assert list(computes) == ["runpod-cluster"] and computes["runpod-cluster"].nodes == 3  # type: ignore[attr-defined]
+    got = OfferWalk(computes, poll_s=0.0, sleep=lambda s: None).launch(
+        request(), OfferQuery(PROFILES["h100"], 8)
+    )
+    assert got.backend == "runpod-cluster" and got.price_per_hour == pytest.approx(2.99 * 8 * 3)
+    body = double.calls("POST", r"^/v2/clusters$")[0].json
+    assert body["compute"]["podCount"] == 3 and body["env"]["QA_BACKEND"] == "runpod-cluster"
+    again = get_compute("runpod-cluster")
+    assert again.status(got.instance_id).state == InstanceState.RUNNING
+    again.destroy(got.instance_id)
+    assert double.clusters == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "vast", "--nodes", "2"], "error: --nodes 2 runs only on --backend runpod (Instant Clusters): "
+         "vast.ai overlay networks work only inside one physical cluster"),
+        (["--backend", "local", "--nodes", "2"], "error: --nodes 2 runs only on --backend runpod (Instant Clusters): "
+         "local Docker is one machine"),
+        (["--nodes", "4"], "error: --nodes 4 runs only on --backend runpod"),
+        (["--backend", "runpod", "--nodes", "2"], "error: --nodes 2 needs --managed or --detach"),
+        (["--backend", "runpod", "--nodes", "2", "--managed", "--interruptible"],
+         "error: --nodes > 1 on RunPod: Instant Clusters are on-demand only"),
+        (["--backend", "runpod", "--nodes", "0"], "error: --nodes must be >= 1 (got 0)"),
+    ],
+)  # fmt: skip
+def test_submit_refuses_nodes_where_no_cluster_can_be_had(
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from launch.cli import main
+
+    monkeypatch.setenv("QA_RUNS_ROOT", str(tmp_path))
+    assert main(["submit", "--gpu", "h100", "--job", "jobs/mistral-qa-lora.yaml", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not any(p.name == "registry.sqlite" for p in tmp_path.iterdir())  # type: ignore[attr-defined]

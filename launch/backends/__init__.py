@@ -25,6 +25,10 @@ def get_compute(name: str, **kw: Any) -> Compute:
         from launch.backends.vast import VastCompute
 
         return VastCompute(**kw)
+    if name == "runpod-cluster":  # --nodes > 1: one RunPod Instant Cluster per instance
+        from launch.backends.runpod.clusters import RunpodClusterCompute
+
+        return RunpodClusterCompute(**kw)
     if name == "runpod":
         from launch.backends.runpod import RunpodCompute
 

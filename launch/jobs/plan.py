@@ -106,6 +106,8 @@ def make_computes(backend: str, options: JobOptions, runs_dir: Path | None = Non
     without a key raises CloudError here, before anything is recorded."""
     from launch.backends import configured_clouds, get_compute
 
+    if options.nodes > 1:  # launch/jobs/nodes.py refused every other backend
+        return {"runpod-cluster": get_compute("runpod-cluster", nodes=options.nodes)}
     if backend == "cheapest":
         clouds = configured_clouds()
         if not clouds:

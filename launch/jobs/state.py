@@ -102,6 +102,7 @@ class JobOptions:
     network: str | None = None  # local backend: docker network mode
     outputs_dir: str | None = None  # local backend: host folder bound at /runs (report, metrics, model stay here)
     env_file: str | None = None  # where secrets were read from (a path, never the values)
+    nodes: int = 1  # --nodes: > 1 is one RunPod Instant Cluster of that many nodes (launch/jobs/nodes.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

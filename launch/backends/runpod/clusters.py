@@ -43,9 +43,9 @@ MIN_NODES, MAX_NODES = 2, 250  # ClusterCompute.podCount (self-serve: 2-8, insta
 class RunpodClusterCompute(RunpodCompute):
     """``nodes`` identical pods per instance; everything else (key, URLs, GPU prices, logs) as ``RunpodCompute``."""
 
-    name = "runpod"
+    name = "runpod-cluster"  # recorded with each launch: status / logs / cancel find this compute again
 
-    def __init__(self, nodes: int, **kw: Any):
+    def __init__(self, nodes: int = MIN_NODES, **kw: Any):
         if not MIN_NODES <= nodes <= MAX_NODES:
             raise RequestRejected(f"runpod: an Instant Cluster has {MIN_NODES}-{MAX_NODES} nodes (asked: {nodes})",
                                   cloud="runpod", call="clusters")  # fmt: skip
