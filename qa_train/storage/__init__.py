@@ -30,6 +30,7 @@ from .errors import (
     S3UriError,
     StorageAccessError,
     StorageError,
+    StorageSettingError,
     classify,
     describe_error,
     error_code,
@@ -55,11 +56,11 @@ from .upload import UploadedFile, upload_dir
 from .uris import SCHEME, S3Location, split_s3_uri
 
 __all__ = [
-    "CREDENTIAL_VARS", "DEFAULT_CHUNK_BYTES", "DEFAULT_CONCURRENCY", "DEFAULT_RETRY_S", "ENV_RETRY_S", "SCHEME",
-    "CredentialValueError", "FolderState", "Problem", "Progress", "RetryPolicy", "RunStore", "S3Location",
-    "S3UriError", "StorageAccessError", "StorageError", "TransferResult", "Transfers", "UploadedFile",
-    "check_access", "check_credential_env", "classify", "delete_key", "delete_keys", "describe_error",
-    "error_code", "get_bytes", "head", "is_not_found", "is_transient", "list_children", "list_keys",
-    "make_client", "put_bytes", "resolve_endpoint", "retry_seconds", "retrying", "safe_relpaths", "scrub",
-    "split_s3_uri", "stream_to", "transfer_config", "upload_dir", "upload_file",
+    "CREDENTIAL_VARS", "DEFAULT_CHUNK_BYTES", "DEFAULT_CONCURRENCY", "DEFAULT_RETRY_S", "ENV_RETRY_S",
+    "SCHEME", "CredentialValueError", "FolderState", "Problem", "Progress", "RetryPolicy", "RunStore",
+    "S3Location", "S3UriError", "StorageAccessError", "StorageError", "StorageSettingError", "TransferResult",
+    "Transfers", "UploadedFile", "check_access", "check_credential_env", "classify", "delete_key",
+    "delete_keys", "describe_error", "error_code", "get_bytes", "head", "is_not_found", "is_transient",
+    "list_children", "list_keys", "make_client", "put_bytes", "resolve_endpoint", "retry_seconds", "retrying",
+    "safe_relpaths", "scrub", "split_s3_uri", "stream_to", "transfer_config", "upload_dir", "upload_file",
 ]  # fmt: skip

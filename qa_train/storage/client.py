@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from qa_train.secret_check import SecretValueError, check_secret_value
 
-from .errors import CREDENTIAL_VARS, CredentialValueError, is_transient, scrub
+from .errors import CREDENTIAL_VARS, CredentialValueError, StorageSettingError, is_transient, scrub
 
 logger = logging.getLogger("qa_train.storage")
 ENV_RETRY_S = "QA_S3_RETRY_S"  # how long an upload (or a transfer) is retried through an outage
@@ -61,7 +61,8 @@ class RetryPolicy:
 
 
 def retry_seconds(env: dict[str, str] | os._Environ[str] | None = None) -> float:
-    """``QA_S3_RETRY_S`` (seconds, ≥ 0), else 600; a value that is not a number is named, not ignored."""
+    """``QA_S3_RETRY_S`` (seconds, ≥ 0), else 600; a value that is not a number is named, not ignored
+    (``StorageSettingError``: a ``SyncError`` for ``train``, a ``ValueError`` for everyone else)."""
     env = os.environ if env is None else env
     raw = (env.get(ENV_RETRY_S) or "").strip()
     if not raw:
@@ -69,9 +70,9 @@ def retry_seconds(env: dict[str, str] | os._Environ[str] | None = None) -> float
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{ENV_RETRY_S}={raw!r}: expected a number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{ENV_RETRY_S}={raw!r}: expected a number of seconds >= 0")
+        raise StorageSettingError(f"{ENV_RETRY_S}={raw!r}: expected a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise StorageSettingError(f"{ENV_RETRY_S}={raw!r}: expected a number of seconds >= 0")
     return value
 
 

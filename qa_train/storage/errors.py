@@ -33,6 +33,10 @@ class S3UriError(StorageError, ValueError):
     """A URI that is not ``s3://bucket/…`` (bad input, never retried)."""
 
 
+class StorageSettingError(StorageError, ValueError):
+    """A storage setting (``QA_S3_RETRY_S``) that is not usable: bad input, named with its value."""
+
+
 def scrub(text: str) -> str:
     """``text`` without the values of the AWS credential variables (a library's error may quote them)."""
     for name in CREDENTIAL_VARS:
