@@ -4,6 +4,7 @@ partial or inconsistent variables → one error naming the variable."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -154,3 +155,59 @@ def test_run_builds_the_train_stage_as_torchrun_on_a_node_of_a_group(
         == "error: PRIMARY_ADDR or MASTER_ADDR is not set (runpod node variables are partial)"
     )
     assert not (tmp_path / "out").exists()
+
+
+ALLREDUCE = """
+import os, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print(f"rank {dist.get_rank()}/{dist.get_world_size()} node {os.environ['GROUP_RANK']} sum {t.item():g}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def _node_envs(platform: str, port: int) -> list[dict[str, str]]:
+    """What each platform sets on node 0 and node 1 of two (loopback: both nodes are processes here)."""
+    out = []
+    for rank in (0, 1):
+        env = {
+            "kubeflow": {"PET_NNODES": "2", "PET_NODE_RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1",
+                         "PET_MASTER_PORT": str(port), "PET_NPROC_PER_NODE": "2"},
+            "skypilot": {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": str(rank),
+                         "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.2", "SKYPILOT_NUM_GPUS_PER_NODE": "0",
+                         "QA_MASTER_PORT": str(port)},
+            "dstack": {"DSTACK_NODES_NUM": "2", "DSTACK_NODE_RANK": str(rank), "DSTACK_MASTER_NODE_IP": "127.0.0.1",
+                       "DSTACK_GPUS_PER_NODE": "0", "QA_MASTER_PORT": str(port)},
+            "runpod": {"NUM_NODES": "2", "NODE_RANK": str(rank), "PRIMARY_ADDR": "127.0.0.1",
+                       "PRIMARY_PORT": str(port), "NUM_TRAINERS": "2", "NCCL_SOCKET_IFNAME": "lo"},
+            "plain": {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+        }[platform]  # fmt: skip
+        out.append(env)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["kubeflow", "skypilot", "dstack", "runpod", "plain"])
+def test_two_nodes_form_one_group_from_each_platforms_variables(platform: str, tmp_path: Path) -> None:
+    """torchrun with the flags made from each platform's variables: two 'nodes' (processes on loopback) of two
+    ranks each rendezvous statically and all-reduce with gloo (1+2+3+4 = 10 on every rank)."""
+    import subprocess
+
+    from tests.fixtures_s3 import free_ports
+
+    script = tmp_path / "allreduce.py"
+    script.write_text(ALLREDUCE)
+    port = free_ports(1)[0]
+    procs = []
+    for env in _node_envs(platform, port):
+        got = torchrun_prefix(sys.executable, env, default_nproc=2)
+        assert got is not None
+        cmd, _extra = got
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "SKYPILOT_", "DSTACK_"))}
+        procs.append(subprocess.Popen([*cmd, str(script)], env={**base, "OMP_NUM_THREADS": "1", **env},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    lines = sorted(line for o in outs for line in o.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank {r}/4 node {r // 2} sum 10" for r in range(4)], outs
