@@ -766,7 +766,7 @@ def localize(
 
     fields = _input_fields(job)
     remote = [(f, u, e) for f, u, e in fields if is_remote(u)]
-    cloud = (backend or "").lower() in ("vast", "runpod")
+    cloud = (backend or "").lower() in ("vast", "runpod", "runpod-cluster")
     absent = [(f, u) for f, u, _ in fields if cloud and f.startswith("data.") and not is_remote(u)]
     if not remote and not absent:
         return job, None
