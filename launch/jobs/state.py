@@ -100,7 +100,7 @@ class JobOptions:
     max_cost_usd: float | None = None  # --max_cost: dollars over every launch before the job is stopped
     data_dir: str | None = None  # local backend: host folder mounted read-only at /data
     network: str | None = None  # local backend: docker network mode
-    outputs_dir: str | None = None  # local backend: host folder bound at /runs (report, metrics, model stay here)
+    outputs_dir: str | None = None  # local backend: host folder bound at /runs (report, metrics, model stay)
     env_file: str | None = None  # where secrets were read from (a path, never the values)
     nodes: int = 1  # --nodes: > 1 is one RunPod Instant Cluster of that many nodes (launch/jobs/nodes.py)
 
