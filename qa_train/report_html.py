@@ -63,7 +63,7 @@ def load_local(run: Path) -> RunData:
 
 
 def load_s3(uri: str, endpoint_url: str | None = None) -> RunData:
-    from qa_train.storage import S3Location
+    from qa_train.storage import S3Location, list_keys
 
     store = RunStore(RunLayout(uri.rstrip("/")), endpoint_url)
     data = RunData(uri)
@@ -80,8 +80,7 @@ def load_s3(uri: str, endpoint_url: str | None = None) -> RunData:
     data.docs["train_summary"] = get(f"final/{TRAIN_SUMMARY}")
     data.docs["packing"] = get(f"final/{PACKING_NAME}")
     loc = S3Location.parse(store.layout.child("eval"))
-    listed = store.client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.dir_prefix)
-    names = sorted(o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", []))
+    names = sorted(k.rsplit("/", 1)[-1] for k in list_keys(store.client, loc.bucket, loc.dir_prefix))
     summary = next((n for n in names if n.endswith(".summary.json")), None)
     data.docs["eval"] = get(f"eval/{summary}") if summary else None
     return data

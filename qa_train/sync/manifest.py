@@ -118,19 +118,24 @@ def verify_remote(client: Any, bucket: str, prefix: str, uri: str) -> str | None
     Why: a committed folder counted as done on its manifest and the files' sizes, so one flipped byte in
     ``final/`` skipped training on every relaunch and failed merge on its sha256, forever. Streams each object
     through sha256 (nothing written to disk); storage errors (botocore) propagate to the caller."""
+    from qa_train.storage import stream_to  # the storage adapter makes every request
+
+    body = bytearray()
+    stream_to(client, bucket, f"{prefix}/{MANIFEST_NAME}", body.extend)
     try:
-        body = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST_NAME}")["Body"].read()
-        manifest = Manifest.from_json(body, f"{uri}/{MANIFEST_NAME}")
+        manifest = Manifest.from_json(bytes(body), f"{uri}/{MANIFEST_NAME}")
     except ManifestError as exc:
         return str(exc)
     for entry in manifest.files:
-        digest, size = hashlib.sha256(), 0
-        stream = client.get_object(Bucket=bucket, Key=f"{prefix}/{entry.path}")["Body"]
-        for chunk in stream.iter_chunks(_BLOCK):
+        digest, size = hashlib.sha256(), [0]
+
+        def add(chunk: bytes, digest: Any = digest, size: list[int] = size) -> None:
             digest.update(chunk)
-            size += len(chunk)
-        if size != entry.size:
-            return f"{uri}/{entry.path}: size {size} != manifest size {entry.size}"
+            size[0] += len(chunk)
+
+        stream_to(client, bucket, f"{prefix}/{entry.path}", add, _BLOCK)
+        if size[0] != entry.size:
+            return f"{uri}/{entry.path}: size {size[0]} != manifest size {entry.size}"
         if digest.hexdigest() != entry.sha256:
             return f"{uri}/{entry.path}: sha256 {digest.hexdigest()[:16]}… != manifest {entry.sha256[:16]}…"
     return None

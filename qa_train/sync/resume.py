@@ -121,16 +121,11 @@ def find_resume_point(
 
 def _read_remote_record(client: Any, run: S3Location) -> str | None:
     """``<run>/inputs.json``'s text, None when absent (botocore errors propagate: the caller names them)."""
-    from botocore.exceptions import ClientError
-
     from qa_train.fingerprint import INPUTS_NAME
+    from qa_train.storage import get_bytes
 
-    try:
-        return client.get_object(Bucket=run.bucket, Key=run.key(INPUTS_NAME))["Body"].read().decode()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
+    body = get_bytes(client, run.bucket, run.key(INPUTS_NAME))
+    return None if body is None else body.decode()
 
 
 def _leftovers(client: Any | None, run: S3Location | None, output_dir: Path) -> list[str]:
