@@ -36,6 +36,7 @@ from .errors import (
     error_code,
     is_not_found,
     is_transient,
+    request_errors,
     scrub,
 )
 from .objects import (
@@ -61,6 +62,6 @@ __all__ = [
     "S3Location", "S3UriError", "StorageAccessError", "StorageError", "StorageSettingError", "TransferResult",
     "Transfers", "UploadedFile", "check_access", "check_credential_env", "classify", "delete_key",
     "delete_keys", "describe_error", "error_code", "get_bytes", "head", "is_not_found", "is_transient",
-    "list_children", "list_keys", "make_client", "put_bytes", "resolve_endpoint", "retry_seconds", "retrying",
+    "list_children", "list_keys", "make_client", "put_bytes", "request_errors", "resolve_endpoint", "retry_seconds", "retrying",
     "safe_relpaths", "scrub", "split_s3_uri", "stream_to", "transfer_config", "upload_dir", "upload_file",
 ]  # fmt: skip

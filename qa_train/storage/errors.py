@@ -61,6 +61,13 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return out
 
 
+def request_errors() -> tuple[type[BaseException], ...]:
+    """What a request to storage can raise (botocore's two roots), for an ``except`` that names the place."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
 def is_not_found(exc: BaseException) -> bool:
     """The object (or key prefix) does not exist: a 404 from HEAD, ``NoSuchKey`` from GET. A missing *bucket*
     is not "not found" here: it is a setup error that ``describe_error`` names."""

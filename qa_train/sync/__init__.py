@@ -242,7 +242,7 @@ def start_sync(
                 session.tb = TensorBoardPusher(session.client, session.run.child(TB), Path(tb_dir))
                 session.callbacks.append(TensorBoardSyncCallback(session.tb))
     if inputs is not None or resume not in (None, "never"):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from qa_train.storage import request_errors
 
         with _main_first(training_args, "inputs and resume"):  # rank 0 records/removes first
             try:
@@ -250,7 +250,7 @@ def start_sync(
                     resume = _bind_inputs(session, inputs, resume, restart_data, training_args)
                 if resume not in (None, "never"):
                     _resolve_resume(session, resume, sync_args, training_args)
-            except (BotoCoreError, ClientError) as exc:
+            except request_errors() as exc:
                 where = session.run or S3Location.parse(str(resume))
                 raise StorageAccessError(
                     f"resume failed: {describe_error(exc, where, session.endpoint_url)}"
