@@ -46,7 +46,7 @@ from qa_train.contract import (
     StageResult,
 )
 from qa_train.fsutil import atomic_write_text
-from qa_train.nodes import NodeEnvError, group_train_command
+from qa_train.nodes import NodeEnv, NodeEnvError, detect, group_train_command
 from qa_train.spec import JobSpec, Plan, RenderedSpec, SpecError, load_any
 from qa_train.storage import RunStore
 
@@ -276,7 +276,16 @@ def build_stages(job: JobSpec, plan: Plan, ds_config_path: str | None = None) ->
                     needs=needs,
                 )
             )
+    node = group_node(plan)
+    if node is not None and node.node_rank > 0:  # node 0 alone runs merge / eval and writes the report
+        stages = [s for s in stages if s.name == "train"]
     return stages
+
+
+def group_node(plan: Plan, env: dict[str, str] | os._Environ[str] | None = None) -> NodeEnv | None:
+    """This node of a multi-node group (qa_train/nodes.py), None on one machine."""
+    node = detect(os.environ if env is None else env, plan.num_gpus)
+    return node if node is not None and node.nnodes > 1 else None
 
 
 class _Child:
@@ -341,8 +350,18 @@ class Reporter:
     when storage is really gone. Thread-safe (the committed-step watcher writes from its own thread).
     """
 
-    def __init__(self, job: JobSpec, run_dir: Path, env: dict[str, str] | os._Environ[str] | None = None):
+    def __init__(
+        self,
+        job: JobSpec,
+        run_dir: Path,
+        env: dict[str, str] | os._Environ[str] | None = None,
+        node: NodeEnv | None = None,
+    ):
         env = os.environ if env is None else env
+        # a multi-node group: node 0 owns the shared report.json; another node keeps its report local and
+        # writes only its train outcome (qa_train.node_status) for node 0 to read
+        self.node = node
+        self.shared = node is None or node.node_rank == 0
         self.local_path = run_dir / REPORT_NAME
         self.store = (
             RunStore(RunLayout.of(job.sync.target, job.run_name), job.sync.endpoint_url) if job.sync else None
@@ -365,6 +384,11 @@ class Reporter:
         )
         # train's input fingerprints (qa_train.fingerprint) and its checkpoints still waiting for upload
         self._train_dir = Path(job.train_output_dir())
+        if node is not None:
+            from qa_train.node_status import group_fields
+
+            self.report.group = group_fields(node)
+        self._train_started: float | None = None
         self.write()
 
     def _warn_once(self, what: str, exc: BaseException) -> None:
@@ -394,7 +418,7 @@ class Reporter:
                 atomic_write_text(self.local_path, text)
             except OSError as e:
                 self._warn_once(f"cannot write {self.local_path}", e)
-            if upload and self.store is not None:
+            if upload and self.shared and self.store is not None:
                 try:
                     self.store.put_text(REPORT_NAME, text)
                 except Exception as e:  # noqa: BLE001 - see the class docstring
@@ -437,6 +461,8 @@ class Reporter:
     def stage_started(self, name: str) -> StageResult:
         with self._lock:
             result = StageResult(name, started_at=time.time())
+            if name == "train":
+                self._train_started = result.started_at
             self.report.stages.append(result)
             self.write()
         return result
@@ -444,6 +470,8 @@ class Reporter:
     def stage_ended(self, result: StageResult, code: int, seconds: float, skipped: bool = False) -> None:
         with self._lock:
             result.exit_code, result.seconds, result.skipped = code, seconds, skipped
+        if result.name == "train" and self.node is not None and not skipped:
+            self.node_outcome(code)
         self.refresh_step()
         self.write()
 
@@ -482,6 +510,30 @@ class Reporter:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
             self._watcher = None
+
+    def node_outcome(self, code: int) -> None:
+        """After the train stage of a multi-node group: another node writes its exit code for node 0; node 0
+        records every node's (waiting up to ``QA_NODE_STATUS_WAIT_S``, default 60, for them when training
+        failed — a node that succeeded wrote its status before its ranks' peers could end) in ``group``."""
+        from qa_train.node_status import failed_nodes, read_statuses, status_name, status_text
+
+        node = self.node
+        if node is None or self.store is None:
+            return
+        if node.node_rank > 0:
+            try:
+                self.store.put_text(
+                    status_name(node.node_rank), status_text(node.node_rank, code, self.report.instance_id)
+                )
+            except Exception as e:  # noqa: BLE001 - node 0 then reports this node's outcome as unknown
+                self._warn_once(f"cannot write {status_name(node.node_rank)}", e)
+            return
+        wait = float(os.environ.get("QA_NODE_STATUS_WAIT_S") or 60) if code != 0 else 10.0
+        statuses = read_statuses(self.store.get_text, node.nnodes, self._train_started or 0.0, code, wait)
+        with self._lock:
+            group = dict(self.report.group or {})
+            group["nodes"], group["failed_nodes"] = statuses, failed_nodes(statuses)
+            self.report.group = group
 
     def flush_uploads(self) -> None:
         """Checkpoints still only on this disk (uploads that failed) are sent before the final report, for up
@@ -856,16 +908,21 @@ def main(argv: list[str]) -> int:
         Path(ds_path).write_text(json.dumps(ds, indent=2))  # type: ignore[arg-type]
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _Child.handler)
-    reporter = Reporter(job, run_dir)
+    node = group_node(plan)
+    reporter = Reporter(job, run_dir, node=node)
     from qa_train.report_html import make_run_report  # report.html + plots, also to <run>/report/
 
-    reporter.before_final = lambda: make_run_report(run_dir, reporter.store)
+    if reporter.shared:
+        reporter.before_final = lambda: make_run_report(run_dir, reporter.store)
     try:
         code = run_stages(stages, run_dir / "run_summary.json", reporter)
     except SystemExit as e:  # a signal: not final, no self-stop
         reporter.unwatch()
         reporter.interrupted(int(e.code or 1) if not isinstance(e.code, str) else 1)
         raise
+    if node is not None and node.node_rank > 0 and code == 0:
+        print(f"[run] node {node.node_rank} of {node.nnodes}: train done; node 0 runs merge / eval and writes the "
+              "run report", file=sys.stderr, flush=True)  # fmt: skip
     from qa_train.instance_stop import stop_self
 
     stop_self()

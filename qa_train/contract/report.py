@@ -54,6 +54,9 @@ class RunReport:
     launch: int = 1
     uploads_pending: list[str] = field(default_factory=list)
     uploads_until: float | None = None
+    # a multi-node run (written by node 0): nnodes, world_size, nproc_per_node, platform, each node's train
+    # exit code as node 0 saw it (``nodes``) and ``failed_nodes``; None on one machine
+    group: dict[str, Any] | None = None
     version: int = REPORT_VERSION
 
     def uploads_held(self, now: float) -> bool:
