@@ -544,6 +544,8 @@ def run(argv: list[str]) -> dict[str, Any]:
                 final_done.num_files,
             )
         session.finish(output_dir, summary, upload_final=final_done is None, tb_dir=_tensorboard_dir(trainer))
+    else:  # another node's local rank 0 of a group: its checkpoint parts (qa_train.sync.group)
+        session.finish_part()
     return summary
 
 

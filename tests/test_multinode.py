@@ -130,3 +130,106 @@ def test_a_status_from_an_earlier_launch_is_not_this_ones(
     assert report is not None and report.group is not None
     assert report.group["nodes"][1] == {"node_rank": 1, "exit_code": None}
     assert report.group["failed_nodes"] == [0, 1]
+
+
+# --- checkpoints with no shared filesystem (issue 22 item 2) ---------------------------------------------
+
+
+def _node_ckpt(root: Path, node: int, local_world: int = 1) -> Path:
+    """What a node's disk holds after a ZeRO-3 save of a 2-node group: its ranks' shards and RNG states;
+    node 0 also everything no rank owns."""
+    ck = root / "checkpoint-2"
+    for r in range(node * local_world, (node + 1) * local_world):
+        (ck / "global_step2").mkdir(parents=True, exist_ok=True)
+        (ck / "global_step2" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").write_bytes(b"m%d" % r * 10)
+        (ck / "global_step2" / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"o%d" % r)
+        (ck / f"rng_state_{r}.pth").write_bytes(b"rng%d" % r)
+    if node == 0:
+        (ck / "trainer_state.json").write_text('{"global_step": 2}')
+        (ck / "latest").write_text("global_step2")
+        (ck / "qa_train_complete.json").write_text("{}")
+    return ck
+
+
+def test_each_node_uploads_its_part_and_node_0_commits_once_all_are_there(s3, tmp_path: Path) -> None:
+    from qa_train.storage import S3Location
+    from qa_train.sync.group import (
+        NodeCountError,
+        NodeGroup,
+        check_node_count,
+        commit_when_complete,
+        current_group,
+        resume_point,
+        snapshot_part,
+        uncommit,
+        upload_part,
+    )
+    from qa_train.sync.remote import is_committed
+    from qa_train.sync.transfer import read_manifest
+
+    assert current_group({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1"}) == NodeGroup(
+        2, 1, 2
+    )
+    assert current_group({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}) is None  # one node
+    client, run = s3.client(), S3Location.parse(s3.uri("runs/grp"))
+    dest = run.child("checkpoint-2")
+    g0, g1 = NodeGroup(2, 0, 1), NodeGroup(2, 1, 1)
+    parts = [snapshot_part(_node_ckpt(tmp_path / f"n{k}", k), tmp_path / f"snap{k}" / "checkpoint-2", g)
+             for k, g in ((0, g0), (1, g1))]  # fmt: skip
+    assert sorted(p.name for p in parts[1].rglob("*") if p.is_file()) == [
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt", "rng_state_1.pth",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+    ]  # fmt: skip
+    own = upload_part(client, parts[0], dest, g0)
+    with pytest.raises(Exception, match="node\\(s\\) 1 did not upload their part"):
+        commit_when_complete(client, dest, g0, own, timeout_s=1, poll_s=0.2)
+    assert not is_committed(client, dest)  # node 0's part alone is not a checkpoint
+    upload_part(client, parts[1], dest, g1)
+    manifest = commit_when_complete(client, dest, g0, own, timeout_s=5)
+    assert is_committed(client, dest) and manifest.group == {
+        "nnodes": 2,
+        "world_size": 2,
+        "local_world_size": 1,
+    }
+    names = {f.path for f in read_manifest(client, dest).files}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "latest", "trainer_state.json"} <= names
+    assert {"global_step2/zero_pp_rank_1_mp_rank_00_model_states.pt"} <= names
+
+    # a resume on 2 fresh disks: each node pulls the shared files and its own rank's
+    for k, g in ((0, g0), (1, g1)):
+        got = resume_point(client, run, tmp_path / f"fresh{k}", g)
+        assert got is not None and got[1] == dest.uri
+        pulled = {p.name for p in Path(got[0]).rglob("*") if p.is_file()}
+        assert f"rng_state_{k}.pth" in pulled and f"rng_state_{1 - k}.pth" not in pulled
+        assert "trainer_state.json" in pulled and "latest" in pulled
+
+    # another node count: one line naming both, before anything is downloaded
+    with pytest.raises(NodeCountError, match="saved by 2 nodes, 2 ranks but this run has 1 node"):
+        check_node_count(manifest, None, dest.uri)
+    with pytest.raises(NodeCountError, match="saved by 2 nodes, 2 ranks but this run has 4 nodes, 4 ranks"):
+        resume_point(client, run, tmp_path / "fresh4", NodeGroup(4, 0, 1))
+    assert not (tmp_path / "fresh4" / "checkpoint-2").exists()
+
+    # before a re-save of the same checkpoint: its manifest and parts go
+    uncommit(client, dest)
+    assert not is_committed(client, dest)
+    assert not [k for k in s3.keys("runs/grp/checkpoint-2/") if "/_parts/" in k]
+
+
+def test_a_one_node_resume_of_a_two_node_checkpoint_is_refused(s3, tmp_path: Path) -> None:
+    from qa_train.storage import S3Location
+    from qa_train.sync import SyncError
+    from qa_train.sync.group import NodeGroup, commit_when_complete, snapshot_part, upload_part
+    from qa_train.sync.resume import find_resume_point
+
+    client, run = s3.client(), S3Location.parse(s3.uri("runs/grp"))
+    dest = run.child("checkpoint-2")
+    g0, g1 = NodeGroup(2, 0, 1), NodeGroup(2, 1, 1)
+    own = upload_part(
+        client, snapshot_part(_node_ckpt(tmp_path / "a", 0), tmp_path / "s0" / "c", g0), dest, g0
+    )
+    upload_part(client, snapshot_part(_node_ckpt(tmp_path / "b", 1), tmp_path / "s1" / "c", g1), dest, g1)
+    commit_when_complete(client, dest, g0, own, timeout_s=5)
+    with pytest.raises(SyncError, match=r"saved by 2 nodes, 2 ranks but this run has 1 node: resume on 2"):
+        find_resume_point(client, run, tmp_path / "one", progress=False)
+    assert not (tmp_path / "one" / "checkpoint-2").exists()

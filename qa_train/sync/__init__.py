@@ -85,6 +85,18 @@ class SyncSession:
     uploader: Any = None  # BackgroundUploader on world rank 0 when syncing
     tb: Any = None  # TensorBoardPusher on world rank 0 when syncing with --report_to tensorboard
     inputs: Any = None  # qa_train.fingerprint.InputBinding when start_sync was given the input paths
+    group: Any = None  # qa_train.sync.group.NodeGroup on a multi-node group (each node uploads its part)
+
+    def finish_part(self) -> None:
+        """A node's local rank 0 (not world rank 0) of a group: wait for its parts' uploads; raise naming any
+        that failed (node 0 cannot commit those checkpoints)."""
+        if self.uploader is None:
+            return
+        failed = self.uploader.settle()
+        self.uploader.close()
+        if failed:
+            raise SyncError(f"{len(failed)} checkpoint part upload(s) to {self.run.uri if self.run else '?'} "
+                            "failed: " + "; ".join(f"{f.name}: {f.error}" for f in failed))  # fmt: skip
 
     def committed_final(self) -> Any:
         """The run's ``final/`` folder when it is committed and every file matches its manifest's size and
@@ -221,7 +233,11 @@ def start_sync(
         session.client = make_client(sync_args.s3_endpoint_url, max_attempts=sync_args.s3_max_attempts)
         check_access(session.client, base, sync_args.s3_endpoint_url)
         session.run = base.child(run_name_for(training_args))
-        if _is_world_zero(training_args):
+        from .group import current_group
+
+        session.group = current_group()
+        node_lead = session.group is not None and int(getattr(training_args, "local_process_index", 0)) == 0
+        if _is_world_zero(training_args) or node_lead:
             from .callback import BackgroundUploader, S3SyncCallback
 
             session.uploader = BackgroundUploader(
@@ -231,10 +247,17 @@ def start_sync(
                 keep=training_args.save_total_limit,
                 concurrency=sync_args.sync_concurrency,
                 max_mbps=sync_args.sync_max_mbps,
+                group=session.group,
             )
-            session.callbacks.append(S3SyncCallback(session.uploader))
+            before_save = None
+            if session.group is not None and _is_world_zero(training_args):
+                from .group import uncommit
+
+                client, run = session.client, session.run
+                before_save = lambda name: uncommit(client, run.child(name))  # noqa: E731
+            session.callbacks.append(S3SyncCallback(session.uploader, before_save))
             tb_dir = getattr(training_args, "logging_dir", None)
-            if tb_dir and "tensorboard" in (training_args.report_to or []):
+            if tb_dir and "tensorboard" in (training_args.report_to or []) and _is_world_zero(training_args):
                 from qa_train.contract import TB
 
                 from .tb_push import TensorBoardPusher, TensorBoardSyncCallback
@@ -290,7 +313,15 @@ def _resolve_resume(session: SyncSession, resume: str, sync_args: SyncArguments,
     progress = bool(getattr(training_args, "should_log", True)) and not getattr(
         training_args, "disable_tqdm", False
     )
-    if resume == "auto":
+    if resume == "auto" and session.group is not None and session.client is not None and session.run:
+        from .group import resume_point
+
+        got = resume_point(
+            session.client, session.run, output_dir, session.group, endpoint_url=session.endpoint_url
+        )
+        if got is not None:
+            session.resume_from, session.resumed_from = got
+    elif resume == "auto":
         from .resume import find_resume_point
 
         point = find_resume_point(

@@ -87,8 +87,10 @@ class BackgroundUploader:
         concurrency: int = 10,
         max_mbps: float = 0,
         nice: int = 10,
+        group: Any = None,
     ) -> None:
         self.run = run
+        self.group = group  # qa_train.sync.group.NodeGroup: this node uploads its part of each checkpoint
         self.concurrency = concurrency
         self.progress = False
         self.failures: list[UploadFailure] = []
@@ -111,6 +113,9 @@ class BackgroundUploader:
         )
         config = {"run": run.uri, "endpoint_url": endpoint_url, "max_attempts": max_attempts, "keep": keep,
                   "concurrency": concurrency, "max_mbps": max_mbps, "nice": nice, "parent_pid": os.getpid()}  # fmt: skip
+        if group is not None:
+            config["group"] = {"nnodes": group.nnodes, "node_rank": group.node_rank,
+                               "local_world_size": group.local_world_size}  # fmt: skip
         self._send(config)
         self._reader = threading.Thread(target=self._read, name="qa-train-s3-sync", daemon=True)
         self._reader.start()
@@ -257,19 +262,38 @@ def _worker_env() -> dict[str, str]:
 
 
 class S3SyncCallback(TrainerCallback):
-    """On each save (world rank 0 only) snapshot ``checkpoint-<step>`` and queue its upload."""
+    """On each save (world rank 0 only) snapshot ``checkpoint-<step>`` and queue its upload.
 
-    def __init__(self, uploader: BackgroundUploader) -> None:
+    In a multi-node group (``uploader.group``) the local-rank-0 process of every node snapshots and uploads its
+    node's part (``qa_train.sync.group``); ``before_save(name)`` (world rank 0) removes what an earlier launch
+    left of that checkpoint before the save's collectives, so that every part found later is this save's."""
+
+    def __init__(self, uploader: BackgroundUploader, before_save: Any = None) -> None:
         self.uploader = uploader
+        self.before_save = before_save
+
+    def _uploads(self, args: Any, state: Any) -> bool:
+        if self.uploader.group is not None:
+            return int(getattr(args, "local_process_index", 0)) == 0
+        return bool(state.is_world_process_zero)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """A rerun or relaunch on the same disk: what an earlier launch left pending goes first."""
-        if state.is_world_process_zero:
+        if self._uploads(args, state):
             self.uploader.resend_pending(Path(args.output_dir))
         return control
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if control.should_save and self.before_save is not None and state.is_world_process_zero:
+            name = f"checkpoint-{state.global_step}"
+            try:
+                self.before_save(name)
+            except Exception as exc:  # noqa: BLE001 - node 0 then fails this commit rather than the run
+                logger.warning("Cannot clear earlier parts of %s before saving it: %s", name, exc)
+        return control
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if not state.is_world_process_zero:
+        if not self._uploads(args, state):
             return control
         name = f"checkpoint-{state.global_step}"
         ckpt = Path(args.output_dir) / name
@@ -281,7 +305,12 @@ class S3SyncCallback(TrainerCallback):
         if state.best_model_checkpoint:
             self.uploader.protect = {Path(state.best_model_checkpoint).name}
         self.uploader.wait_for(name)
-        pending = snapshot(ckpt, Path(args.output_dir) / PENDING_DIR / name)
+        if self.uploader.group is not None:
+            from .group import snapshot_part
+
+            pending = snapshot_part(ckpt, Path(args.output_dir) / PENDING_DIR / name, self.uploader.group)
+        else:
+            pending = snapshot(ckpt, Path(args.output_dir) / PENDING_DIR / name)
         logger.info("Queued upload of %s to %s", name, self.uploader.run.child(name).uri)
         self.uploader.submit(name, pending)
         return control

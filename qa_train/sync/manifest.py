@@ -34,6 +34,9 @@ class Manifest:
     files: list[FileEntry]
     created_at: float = field(default_factory=time.time)
     format: str = FORMAT
+    # a checkpoint saved by a multi-node group: nnodes, world_size, local_world_size (``qa_train.sync.group``);
+    # a resume on another node count refuses before training. None: one node.
+    group: dict[str, int] | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -42,6 +45,8 @@ class Manifest:
     def to_json(self) -> str:
         body = {"format": self.format, "created_at": self.created_at, "total_bytes": self.total_bytes}
         body["files"] = [asdict(f) for f in self.files]
+        if self.group is not None:
+            body["group"] = self.group
         return json.dumps(body, indent=1, sort_keys=True)
 
     @classmethod
@@ -64,7 +69,12 @@ class Manifest:
                 raise ManifestError(f"{source}: files[{i}] needs path, size, sha256 ({exc})") from exc
             _check_relpath(entry.path, source)
             files.append(entry)
-        return cls(files=files, created_at=float(body.get("created_at", 0.0)))
+        group = body.get("group")
+        if group is not None and not (
+            isinstance(group, dict) and all(isinstance(group.get(k), int) for k in ("nnodes", "world_size"))
+        ):
+            raise ManifestError(f"{source}: 'group' needs integer nnodes and world_size")
+        return cls(files=files, created_at=float(body.get("created_at", 0.0)), group=group)
 
 
 def _check_relpath(path: str, source: str) -> None:

@@ -108,10 +108,18 @@ def find_resume_point(
         logger.info("Resuming from %s (%s)", candidate.name, candidate.uri)
         try:
             src = S3Location.parse(candidate.uri)
+            from .group import check_node_count
+            from .transfer import read_manifest
+
+            check_node_count(read_manifest(client, src), None, candidate.uri)  # one node: saved by one node?
             local_dir = download_checkpoint(
                 client, src, output_dir, endpoint_url=endpoint_url, progress=progress
             )
         except SyncError as exc:
+            from .group import NodeCountError
+
+            if isinstance(exc, NodeCountError):
+                raise
             logger.error("Cannot resume from %s: %s", candidate.uri, exc)
             errors.append(f"{candidate.name}: {exc}")
             continue

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,15 +136,19 @@ def pull_directory(
     progress: bool = True,
     concurrency: int = 10,
     endpoint_url: str | None = None,
+    only: Callable[[str], bool] | None = None,
 ) -> Manifest:
     """Download a committed folder, verify every size and sha256, then move it into place atomically.
 
     Nothing appears at ``dest`` unless every file verified: a failed pull leaves no half-written checkpoint.
+    ``only(path)``: the files to fetch (a node of a group fetches its own ranks' shards); the manifest is whole.
     """
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise SyncError(f"cannot pull {src.uri} into {dest}: the folder exists and is not empty")
     manifest = read_manifest(client, src)
+    if only is not None:
+        manifest = replace(manifest, files=[f for f in manifest.files if only(f.path)])
     tmp = dest.parent / f".{dest.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

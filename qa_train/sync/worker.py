@@ -47,6 +47,7 @@ def upload_checkpoint(
     endpoint_url: str | None,
     policy: RetryPolicy | None = None,
     if_missing: bool = False,
+    group: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Push one checkpoint (retried through an outage for ``policy.total_s``), drop its pending snapshot,
     apply remote retention; never raises. ``if_missing``: a snapshot left by an earlier launch, dropped
@@ -59,12 +60,19 @@ def upload_checkpoint(
             logger.info("%s is committed already: dropping the local snapshot %s", dest.uri, local_dir)
             _drop_snapshot(local_dir)
             return {"name": name, "ok": True, "error": "", "files": 0, "bytes": 0, "seconds": 0.0}
-        manifest = retrying(
-            lambda: push_directory(client, local_dir, dest, progress=False, concurrency=concurrency,
-                                   endpoint_url=endpoint_url, max_mbps=max_mbps),
-            policy,
-            f"upload of {name}",
-        )  # fmt: skip
+        if group is not None:  # one node's part of a multi-node checkpoint (qa_train.sync.group)
+            manifest = _upload_group_part(client, dest, local_dir, group, concurrency, max_mbps, policy, name)
+            if group["node_rank"] != 0:
+                _drop_snapshot(local_dir)  # node 0 commits; retention is node 0's too
+                return {"name": name, "ok": True, "error": "", "files": len(manifest.files),
+                        "bytes": manifest.total_bytes, "seconds": max(time.monotonic() - start, 1e-9)}  # fmt: skip
+        else:
+            manifest = retrying(
+                lambda: push_directory(client, local_dir, dest, progress=False, concurrency=concurrency,
+                                       endpoint_url=endpoint_url, max_mbps=max_mbps),
+                policy,
+                f"upload of {name}",
+            )  # fmt: skip
     except Exception as exc:  # reported back; the snapshot stays to be re-sent (or for `sync push`)
         logger.error("Upload of %s to %s failed: %s", name, dest.uri, exc)
         return {"name": name, "ok": False, "error": str(exc)}
@@ -84,6 +92,28 @@ def upload_checkpoint(
         logger.warning("Remote retention under %s failed: %s", run.uri, exc)
     return {"name": name, "ok": True, "error": "", "files": len(manifest.files), "bytes": manifest.total_bytes,
             "seconds": secs}  # fmt: skip
+
+
+def _upload_group_part(
+    client: Any,
+    dest: S3Location,
+    local_dir: Path,
+    group: dict[str, int],
+    concurrency: int,
+    max_mbps: float,
+    policy: RetryPolicy,
+    name: str,
+) -> Any:
+    """This node's part of ``dest``; on node 0 also the commit once every node's part is there (waiting up to
+    the retry policy's total time for them)."""
+    from .group import NodeGroup, commit_when_complete, upload_part
+
+    g = NodeGroup(group["nnodes"], group["node_rank"], group["local_world_size"])
+    part = retrying(lambda: upload_part(client, local_dir, dest, g, concurrency=concurrency, max_mbps=max_mbps),
+                    policy, f"upload of node {g.node_rank}'s part of {name}")  # fmt: skip
+    if g.node_rank != 0:
+        return part
+    return commit_when_complete(client, dest, g, part, timeout_s=max(policy.total_s, 1.0))
 
 
 def pending_snapshots(output_dir: Path) -> list[Path]:
@@ -182,6 +212,7 @@ def main() -> int:
             endpoint_url=config.get("endpoint_url"),
             policy=_until(policy, job.get("retry_until")),
             if_missing=bool(job.get("if_missing")),
+            group=config.get("group"),
         )
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
