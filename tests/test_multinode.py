@@ -233,3 +233,98 @@ def test_a_one_node_resume_of_a_two_node_checkpoint_is_refused(s3, tmp_path: Pat
     with pytest.raises(SyncError, match=r"saved by 2 nodes, 2 ranks but this run has 1 node: resume on 2"):
         find_resume_point(client, run, tmp_path / "one", progress=False)
     assert not (tmp_path / "one" / "checkpoint-2").exists()
+
+
+def _node_cmd(node: int, port: int, argv: list[str]) -> list[str]:
+    """What ``qa_train run`` runs on node ``node`` of 2 (qa_train/nodes.py: static rendezvous, plain vars)."""
+    return [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node), "--master_addr",
+            "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1", "-m", "qa_train", "train", *argv]  # fmt: skip
+
+
+def _child_pid(parent: int) -> int:
+    """The rank process torchrun's agent ``parent`` started (its only child)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            return int(stat.parent.name)
+    raise AssertionError(f"no child of {parent}")
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_disk_resume_from_storage_with_the_same_losses(
+    s3, tmp_path: Path, tiny_llama, records_file
+) -> None:
+    """Two loopback "nodes" (one torchrun each, one rank each, DDP LoRA), each with its own output folder:
+    every committed checkpoint holds both nodes' RNG states (node 1 uploaded its own); kill -9 of both after
+    the first commit; both resume on fresh folders from storage, each pulling its part; the resumed steps'
+    losses equal an uninterrupted 2-node run's."""
+    import os
+    import signal
+
+    from tests.test_multirank import LOSS_REL, _env, base_argv
+    from tests.test_resume_exact import GroupProc
+    from tests.test_sync_train import step_losses
+
+    steps = 60  # a step takes ~0.05 s here: long enough that the kill comes well before the end
+    env = {**_env(), **s3.env}
+    ports = iter(range(31000 + os.getpid() % 500, 65000, 11))
+
+    def argv(out: Path, run_name: str) -> list[str]:
+        a = base_argv(tiny_llama, records_file, out, 2)
+        a[a.index("--max_steps") + 1] = str(steps)
+        a[a.index("--save_strategy") + 1] = "steps"
+        return [*a, "--save_steps", "2", "--use_lora", "True", "--sync_to", s3.uri("runs"), "--run_name", run_name]  # fmt: skip
+
+    def group(tag: str, run_name: str) -> list[GroupProc]:
+        port = next(ports)
+        return [GroupProc(_node_cmd(k, port, argv(tmp_path / f"{tag}{k}", run_name)), env) for k in (0, 1)]
+
+    ref = group("ref", "ref")
+    for p in ref:
+        assert p.wait(timeout=1200) == 0, p.output[-4000:]
+    ref_losses = step_losses(tmp_path / "ref0" / "trainer_state.json")
+    assert sorted(ref_losses) == list(range(1, steps + 1))
+    assert not (tmp_path / "ref1" / "trainer_state.json").exists()  # node 1 writes no final outputs
+
+    victims = group("first", "job")
+    client = s3.client()
+    # The niced upload workers get the CPU only when training waits (2 shared cores): node 1's rank is stopped
+    # once it queued a part, so node 0 waits in the next all-reduce, both workers run and node 0 commits; then
+    # both nodes are killed. The group cannot reach a later commit in between.
+    assert victims[1].wait_for("Queued upload of checkpoint-", timeout=900), victims[1].output[-3000:]
+    os.kill(_child_pid(victims[1].p.pid), signal.SIGSTOP)
+    assert victims[0].wait_for("qa_train.sync - Committed s3://", timeout=300), victims[0].output[-3000:]
+    for v in victims:
+        os.killpg(v.p.pid, signal.SIGKILL)
+    for v in victims:
+        v.wait()
+        assert v.p.returncode == -signal.SIGKILL, f"finished before the kill:\n{v.output[-3000:]}"
+    committed = {int(k.split("/")[2].rsplit("-", 1)[1]) for k in s3.keys("runs/job/checkpoint-")
+                 if k.endswith("/_manifest.json")}  # fmt: skip
+    assert committed, s3.keys("runs/job/")
+    step = max(committed)  # what a resume takes
+    assert step < steps and "runs/job/final/_manifest.json" not in s3.keys("runs/job/")
+    ckpt = f"runs/job/checkpoint-{step}"
+    manifest_key = f"{ckpt}/_manifest.json"
+    keys = {k.split(ckpt + "/", 1)[1] for k in s3.keys(ckpt + "/")}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "_parts/node-1.json", "trainer_state.json"} <= keys, keys
+    manifest = json.loads(client.get_object(Bucket=s3.bucket, Key=manifest_key)["Body"].read())
+    assert manifest["group"]["nnodes"] == 2 and "rng_state_1.pth" in {f["path"] for f in manifest["files"]}
+
+    resumed = group("second", "job")
+    for p in resumed:
+        assert p.wait(timeout=1200) == 0, p.output[-4000:]
+    for k, p in enumerate(resumed):
+        assert f"Resuming from checkpoint-{step} (" in p.output and f"node {k} pulls" in p.output, p.output[
+            -3000:
+        ]
+    assert not (tmp_path / "second1" / f"checkpoint-{step}" / "rng_state_0.pth").exists()  # only its own
+    losses = step_losses(tmp_path / "second0" / "trainer_state.json")
+    assert sorted(losses) == list(range(1, steps + 1))
+    for s in range(step + 1, steps + 1):
+        assert losses[s] == pytest.approx(ref_losses[s], rel=LOSS_REL), (s, losses, ref_losses)
+    final = {k for k in s3.keys("runs/job/") if k.endswith("/_manifest.json")}
+    assert f"runs/job/checkpoint-{steps}/_manifest.json" in final and "runs/job/final/_manifest.json" in final
