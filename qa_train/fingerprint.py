@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,13 @@ class InputBinding:
     recorded: dict[str, Any] | None = None
     source: str = ""  # where the record was read
     restarted: dict[str, Any] | None = None  # --restart_data: {"changed": [...], "removed": [...]}
+    pending: Callable[[], None] | None = None  # writes the record (world rank 0); see ``record``
+
+    def record(self) -> None:
+        """Write the run's record of these inputs, once (called when the data has been read and is usable)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending()
 
     @property
     def changed(self) -> list[str]:

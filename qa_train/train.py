@@ -459,6 +459,8 @@ def run(argv: list[str]) -> dict[str, Any]:
         eval_data = _load_data(
             data_args.validation_path, tokenizer, data_args, training_args, "validation", remote_tokens
         )
+    if session.inputs is not None:  # the data read and usable: now the run is bound to it
+        session.inputs.record()
     train_ds, pack_stats = (None, None)
     if train_data is not None:
         train_ds, pack_stats = _as_dataset(train_data, data_args.packing, max_len, data_args.packing_strategy)

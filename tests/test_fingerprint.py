@@ -105,6 +105,8 @@ def test_local_record_binds_a_run_without_sync_target(tmp_path):
     paths = {"--train_path": str(data), "--validation_path": None}
     first = bind_inputs(None, None, out, current_inputs(paths), resume="auto", restart=False, write=True)
     assert first.recorded is None and first.changed == []
+    assert not (out / INPUTS_NAME).exists()  # nothing written until train has read the data (record())
+    first.record()
     assert json.loads((out / INPUTS_NAME).read_text())["inputs"]["--train_path"]["sha256"] == sha(data)
 
     _fake_checkpoint(out, 2)
@@ -117,6 +119,7 @@ def test_local_record_binds_a_run_without_sync_target(tmp_path):
     # no --resume and no sync target: this launch starts from step 0 anyway, so it is not refused
     plain = bind_inputs(None, None, out, current_inputs(paths), resume=None, restart=False, write=True)
     assert plain.changed == ["--train_path"] and (out / "checkpoint-2").is_dir()
+    plain.record()
     assert json.loads((out / INPUTS_NAME).read_text())["inputs"]["--train_path"]["sha256"] == sha(data)
 
 
@@ -125,7 +128,7 @@ def test_restart_data_is_a_no_op_when_inputs_match(tmp_path):
     data.write_text("[1]")
     out = tmp_path / "out"
     paths = {"--train_path": str(data)}
-    bind_inputs(None, None, out, current_inputs(paths), resume="auto", restart=False, write=True)
+    bind_inputs(None, None, out, current_inputs(paths), resume="auto", restart=False, write=True).record()
     _fake_checkpoint(out, 2)
     again = bind_inputs(None, None, out, current_inputs(paths), resume="auto", restart=True, write=True)
     assert again.restarted is None and (out / "checkpoint-2").is_dir(), "a rerun must not drop progress"

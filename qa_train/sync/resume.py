@@ -241,16 +241,23 @@ def bind_inputs(
     elif restart and binding.recorded is not None:
         logger.info("--restart_data: the inputs are the recorded ones; nothing to restart")
     if write:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        local_ok = read_local_record(output_dir) == current
-        if binding.recorded is None or changed or not local_ok:
-            write_local_record(output_dir, current)
-        if client is not None and run is not None and (not remote_found or changed):
-            import json
+        recorded_before = binding.recorded
 
-            body = json.dumps(record_document(current), indent=1, sort_keys=True).encode()
-            client.put_object(
-                Bucket=run.bucket, Key=run.key(INPUTS_NAME), Body=body, ContentType="application/json"
-            )
-            logger.info("Recorded the run's input fingerprints in %s", run.child(INPUTS_NAME).uri)
+        def record() -> None:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            local_ok = read_local_record(output_dir) == current
+            if recorded_before is None or changed or not local_ok:
+                write_local_record(output_dir, current)
+            if client is not None and run is not None and (not remote_found or changed):
+                import json
+
+                body = json.dumps(record_document(current), indent=1, sort_keys=True).encode()
+                client.put_object(
+                    Bucket=run.bucket, Key=run.key(INPUTS_NAME), Body=body, ContentType="application/json"
+                )
+                logger.info("Recorded the run's input fingerprints in %s", run.child(INPUTS_NAME).uri)
+
+        # Written once the inputs have been read and found usable (``InputBinding.record``): a launch refused
+        # for bad data must leave nothing behind, not a record of that data.
+        binding.pending = record
     return binding
