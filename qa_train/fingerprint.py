@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from qa_train.fsutil import UsageError, atomic_write_json
+from qa_train.sync.manifest import sha256_file as _sha256_file  # the manifests' own file hash
 
 logger = logging.getLogger("qa_train.fingerprint")
 INPUTS_NAME = "inputs.json"  # <run>/inputs.json and output_dir/inputs.json
@@ -36,20 +37,11 @@ FORMAT = "qa_train.inputs/1"
 # Data inputs bind the run (a difference refuses a resume); the model is recorded and compared with a warning.
 DATA_FLAGS = ("--train_path", "--validation_path")
 MODEL_FLAG = "--model_name_or_path"
-_BLOCK = 8 * 1024 * 1024
 _MODEL_SMALL_FILE = 32 * 1024 * 1024  # model files up to this size are hashed; larger ones by name and size
 
 
 class InputsChanged(UsageError):
     """A resume whose inputs differ from the ones the run started on (exit 2, nothing trained)."""
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint_path(path: str | Path) -> dict[str, Any]:
