@@ -171,6 +171,8 @@ def test_each_node_uploads_its_part_and_node_0_commits_once_all_are_there(s3, tm
         2, 1, 2
     )
     assert current_group({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}) is None  # one node
+    # the deepspeed launcher's names on one node (its 2 ranks once waited for a "node 1" part of every checkpoint)
+    assert current_group({"WORLD_SIZE": "2", "LOCAL_SIZE": "2", "RANK": "0", "CROSS_RANK": "0"}) is None
     client, run = s3.client(), S3Location.parse(s3.uri("runs/grp"))
     dest = run.child("checkpoint-2")
     g0, g1 = NodeGroup(2, 0, 1), NodeGroup(2, 1, 1)

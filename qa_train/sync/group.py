@@ -86,7 +86,8 @@ def current_group(env: dict[str, str] | os._Environ[str] | None = None) -> NodeG
     env = os.environ if env is None else env
     try:
         world = int(env.get("WORLD_SIZE") or 1)
-        local = int(env.get("LOCAL_WORLD_SIZE") or world)
+        # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE; neither: one node
+        local = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
         node = int(env.get("GROUP_RANK") or env.get("NODE_RANK") or 0)
     except ValueError:
         return None
