@@ -540,9 +540,9 @@ class Reporter:
         to ``QA_S3_RETRY_S``; meanwhile the report says "uploads pending" and until when, so the controller
         keeps the instance that holds the only copies."""
         from qa_train.storage import retry_seconds
-        from qa_train.sync.worker import flush_pending, pending_snapshots
+        from qa_train.sync.worker import flush_pending, pending_uploads
 
-        names = [p.name for p in pending_snapshots(self._train_dir)] if self.store is not None else []
+        names = pending_uploads(self._train_dir) if self.store is not None else []
         if not names or self.store is None:
             return
         total = retry_seconds()

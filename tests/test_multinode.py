@@ -151,6 +151,26 @@ def _node_ckpt(root: Path, node: int, local_world: int = 1) -> Path:
     return ck
 
 
+@pytest.mark.parametrize(
+    ("env", "group"),
+    [
+        ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1"}, (2, 1, 2)),  # torchrun, node 1
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, None),  # torchrun, one node
+        # the deepspeed launcher on one node, after accelerate (CPU) wrote LOCAL_WORLD_SIZE=1: once read as two
+        # nodes, every upload waited for a "node 1" part that never came
+        ({"WORLD_SIZE": "2", "LOCAL_SIZE": "2", "CROSS_RANK": "0", "LOCAL_WORLD_SIZE": "1"}, None),
+        ({"WORLD_SIZE": "4", "LOCAL_SIZE": "2", "CROSS_RANK": "1", "LOCAL_WORLD_SIZE": "1"}, (2, 1, 2)),
+        ({"WORLD_SIZE": "1"}, None),
+    ],
+)
+def test_the_node_group_is_read_from_either_launchers_variables(
+    env: dict[str, str], group: tuple | None
+) -> None:
+    from qa_train.sync.group import NodeGroup, current_group
+
+    assert current_group(env) == (None if group is None else NodeGroup(*group))
+
+
 def test_each_node_uploads_its_part_and_node_0_commits_once_all_are_there(s3, tmp_path: Path) -> None:
     from qa_train.storage import S3Location
     from qa_train.sync.group import (
@@ -158,7 +178,6 @@ def test_each_node_uploads_its_part_and_node_0_commits_once_all_are_there(s3, tm
         NodeGroup,
         check_node_count,
         commit_when_complete,
-        current_group,
         resume_point,
         snapshot_part,
         uncommit,
@@ -167,12 +186,6 @@ def test_each_node_uploads_its_part_and_node_0_commits_once_all_are_there(s3, tm
     from qa_train.sync.remote import is_committed
     from qa_train.sync.transfer import read_manifest
 
-    assert current_group({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1"}) == NodeGroup(
-        2, 1, 2
-    )
-    assert current_group({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}) is None  # one node
-    # the deepspeed launcher's names on one node (its 2 ranks once waited for a "node 1" part of every checkpoint)
-    assert current_group({"WORLD_SIZE": "2", "LOCAL_SIZE": "2", "RANK": "0", "CROSS_RANK": "0"}) is None
     client, run = s3.client(), S3Location.parse(s3.uri("runs/grp"))
     dest = run.child("checkpoint-2")
     g0, g1 = NodeGroup(2, 0, 1), NodeGroup(2, 1, 1)

@@ -300,6 +300,8 @@ def test_training_through_a_frozen_then_restarted_store_commits_every_checkpoint
     run = S3Location(bucket, "runs/frozen")
     assert committed_steps(server, run) == [2, 4, 6, 8]
     assert "final" in {f.name for f in list_run(server.client(), run) if f.committed}
+    record = server.client().get_object(Bucket=bucket, Key="runs/frozen/inputs.json")["Body"].read()
+    assert json.loads(record)["inputs"] == json.loads((out / "inputs.json").read_text())["inputs"]
     assert "storage unavailable" in proc.output and "storage answers again" in proc.output
     assert "Traceback" not in proc.output
     assert not (out / PENDING_DIR).exists() or not any((out / PENDING_DIR).iterdir())

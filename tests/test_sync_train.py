@@ -133,6 +133,9 @@ def test_s3_outage_during_training_finishes_locally_then_fails(s3, tiny_llama, r
     assert json.loads((out / "train_summary.json").read_text())["global_step"] == 6
     assert (out / "checkpoint-6" / "trainer_state.json").is_file()
     assert (out / "sync-pending" / "checkpoint-2" / "trainer_state.json").is_file()
+    # the run's input record, due as the data had been read, is held to go up before any checkpoint commit
+    held = json.loads((out / "sync-pending" / "inputs.json").read_text())
+    assert held["inputs"] == json.loads((out / "inputs.json").read_text())["inputs"]
     # no checkpoint committed (the tokenized-data cache may have committed before the cut: it is not a checkpoint)
     assert not any(k.endswith("_manifest.json") for k in s3.keys("runs/outage/checkpoint-"))
 

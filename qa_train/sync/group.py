@@ -86,9 +86,11 @@ def current_group(env: dict[str, str] | os._Environ[str] | None = None) -> NodeG
     env = os.environ if env is None else env
     try:
         world = int(env.get("WORLD_SIZE") or 1)
-        # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE; neither: one node
-        local = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
-        node = int(env.get("GROUP_RANK") or env.get("NODE_RANK") or 0)
+        # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE (and CROSS_RANK); neither: one node.
+        # LOCAL_SIZE first: on CPU, accelerate writes LOCAL_WORLD_SIZE=1 into the environment of a process the
+        # deepspeed launcher started (it reads only LOCAL_WORLD_SIZE), which made one node look like two.
+        local = int(env.get("LOCAL_SIZE") or env.get("LOCAL_WORLD_SIZE") or world)
+        node = int(env.get("GROUP_RANK") or env.get("CROSS_RANK") or env.get("NODE_RANK") or 0)
     except ValueError:
         return None
     if local <= 0 or world <= local or world % local:

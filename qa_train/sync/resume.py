@@ -11,6 +11,7 @@ from typing import Any
 from .remote import CHECKPOINT_RE, committed_checkpoints
 from .storage import S3Location, SyncError
 from .transfer import pull_directory
+from .worker import HELD_RECORD, PENDING_DIR, hold_record, send_held_record
 
 logger = logging.getLogger("qa_train.sync")
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it was cut mid-save
@@ -252,12 +253,29 @@ def bind_inputs(
                 import json
 
                 body = json.dumps(record_document(current), indent=1, sort_keys=True).encode()
-                client.put_object(
-                    Bucket=run.bucket, Key=run.key(INPUTS_NAME), Body=body, ContentType="application/json"
-                )
-                logger.info("Recorded the run's input fingerprints in %s", run.child(INPUTS_NAME).uri)
+                send_record(client, run, output_dir, body)
 
         # Written once the inputs have been read and found usable (``InputBinding.record``): a launch refused
         # for bad data must leave nothing behind, not a record of that data.
         binding.pending = record
     return binding
+
+
+def send_record(client: Any, run: S3Location, output_dir: Path, body: bytes) -> None:
+    """Put the run's input record; while storage is down, hold it under ``sync-pending/`` instead: the upload
+    worker sends it before it commits any checkpoint (a checkpoint never lands unbound to its data), and a
+    storage outage at this moment is handled like one during training, not as a failed launch."""
+    from qa_train.fingerprint import INPUTS_NAME
+    from qa_train.storage import is_transient, scrub
+
+    hold_record(output_dir, body)  # first, so a kill between the two leaves the record to send again
+    try:
+        send_held_record(client, run, output_dir)
+    except Exception as exc:
+        if not is_transient(exc):  # refused (access, bucket): the launch fails on it; nothing held back
+            (output_dir / PENDING_DIR / HELD_RECORD).unlink(missing_ok=True)
+            raise
+        logger.warning(
+            "%s: storage unavailable (%s); the record is sent before the first checkpoint is committed",
+            run.child(INPUTS_NAME).uri, scrub(str(exc))[:300],
+        )  # fmt: skip

@@ -32,6 +32,31 @@ from .transfer import push_directory
 
 logger = logging.getLogger("qa_train.sync")
 PENDING_DIR = "sync-pending"  # hard-linked snapshots waiting for upload (survive the Trainer's own rotation)
+HELD_RECORD = "inputs.json"  # the run's input record, when storage was down as it was written
+
+
+def hold_record(output_dir: Path, body: bytes) -> None:
+    """Keep the record to send under ``sync-pending/`` (atomic: a reader sees all of it or none)."""
+    from qa_train.fsutil import atomic_write_text
+
+    (Path(output_dir) / PENDING_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(output_dir) / PENDING_DIR / HELD_RECORD, body.decode())
+
+
+def send_held_record(client: Any, run: S3Location, output_dir: Path) -> bool:
+    """PUT a held record to ``<run>/inputs.json`` and drop it; False when none is held. Errors propagate."""
+    from qa_train.fingerprint import INPUTS_NAME
+    from qa_train.storage import put_bytes
+
+    held = Path(output_dir) / PENDING_DIR / HELD_RECORD
+    try:
+        body = held.read_bytes()
+    except FileNotFoundError:
+        return False
+    put_bytes(client, run.bucket, run.key(INPUTS_NAME), body, "application/json")
+    held.unlink(missing_ok=True)
+    logger.info("Recorded the run's input fingerprints in %s", run.child(INPUTS_NAME).uri)
+    return True
 
 
 def upload_checkpoint(
@@ -56,6 +81,8 @@ def upload_checkpoint(
     policy = policy or RetryPolicy.uploads()
     start = time.monotonic()
     try:
+        if local_dir.parent.name == PENDING_DIR and (group is None or group["node_rank"] == 0):
+            retrying(lambda: send_held_record(client, run, local_dir.parent.parent), policy, "input record")
         if if_missing and retrying(lambda: is_committed(client, dest), policy, f"check {dest.uri}"):
             logger.info("%s is committed already: dropping the local snapshot %s", dest.uri, local_dir)
             _drop_snapshot(local_dir)
@@ -128,6 +155,12 @@ def pending_snapshots(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
 
+def pending_uploads(output_dir: Path) -> list[str]:
+    """What this disk still has to send: the held input record and the pending snapshots' names."""
+    held = [HELD_RECORD] if (Path(output_dir) / PENDING_DIR / HELD_RECORD).is_file() else []
+    return held + [p.name for p in pending_snapshots(output_dir)]
+
+
 def flush_pending(
     output_dir: Path, run: S3Location, endpoint_url: str | None = None, *, total_s: float | None = None
 ) -> list[str]:
@@ -135,7 +168,8 @@ def flush_pending(
     ``total_s`` (``QA_S3_RETRY_S``) has passed; the names still pending after that. No retention here: the end
     of a run deletes nothing."""
     snaps = pending_snapshots(output_dir)
-    if not snaps:
+    held = (Path(output_dir) / PENDING_DIR / HELD_RECORD).is_file()
+    if not snaps and not held:
         return []
     policy = RetryPolicy.uploads()
     deadline = time.time() + (policy.total_s if total_s is None else total_s)
@@ -145,6 +179,14 @@ def flush_pending(
     )  # fmt: skip
     client = make_client(endpoint_url, policy=policy)
     left = []
+    if held and not snaps:  # with snapshots, the first upload sends it before its commit
+        try:
+            retrying(
+                lambda: send_held_record(client, run, output_dir), _until(policy, deadline), "input record"
+            )
+        except Exception as exc:
+            logger.error("The input record for %s is still not sent: %s", run.uri, exc)
+            left.append(HELD_RECORD)
     for snap in snaps:
         result = upload_checkpoint(client, run, snap.name, snap, keep=None, protect=set(), concurrency=10,
                                    endpoint_url=endpoint_url, policy=_until(policy, deadline), if_missing=True)  # fmt: skip
