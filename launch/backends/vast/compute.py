@@ -265,7 +265,7 @@ class VastCompute(Compute):
             msg = f"{e} (instance {e.new_contract} was created stopped and is destroyed)"
             kind = RequestRejected if e.code in REJECTED_CODES else NoCapacity
             return kind(msg, cloud="vast", call=e.call, status=e.status, body=e.body)
-        if e.code == "no_such_ask" or e.status in (404, 410) or "no_such_ask" in str(e):
+        if e.code == "no_such_ask" or e.status in (404, 410):  # 404 answers with error "invalid_args"
             return NoCapacity(str(e), cloud="vast", call=e.call, status=e.status, body=e.body)
         if e.status == 400 or e.code in REJECTED_CODES:
             return RequestRejected(str(e), cloud="vast", call=e.call, status=e.status, body=e.body)
