@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "make-smoke-data": ("qa_train.data.synthetic", "Write small synthetic train/validation/HotpotQA files"),
     "sync": ("qa_train.sync.cli", "List / push / pull checkpoints in S3-compatible object storage"),
-    "run": ("qa_train.run", "Run a job spec's stages in order: train → merge → eval"),
+    "run": ("qa_train.entrypoint.cli", "Run a job spec's stages in order: train → merge → eval"),
     "report": ("qa_train.report_html", "A run's report.html + PNG plots (local run folder or s3:// run)"),
 }
 

@@ -45,7 +45,7 @@ needs_driver = ("libnvidia-", "libcuda.so", "NVIDIA driver", "no CUDA GPUs", "CU
 mods = sorted({(m, d) for m, ds in md.packages_distributions().items() for d in ds
                if m.isidentifier() and not m.startswith("_") and m not in skip})
 ok, bad, drv = 0, [], []
-for m, d in mods + [("qa_train.run", "project"), ("qa_train.train", "project"), ("qa_train.inference.backends", "project")]:
+for m, d in mods + [("qa_train.entrypoint.cli", "project"), ("qa_train.train", "project"), ("qa_train.inference.backends", "project")]:
     try:
         importlib.import_module(m); ok += 1
     except BaseException as e:  # noqa: BLE001

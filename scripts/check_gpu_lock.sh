@@ -73,7 +73,7 @@ for dist, ms in sorted(mods.items()):
         except Exception as e:  # noqa: BLE001
             line = f"{dist}:{m}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             (driver if any(k in str(e) for k in needs_driver) else bad).append(line)
-for m in ("qa_train", "qa_train.run", "qa_train.train", "qa_train.inference.backends", "qa_train.evaluate.cli"):
+for m in ("qa_train", "qa_train.entrypoint.cli", "qa_train.train", "qa_train.inference.backends", "qa_train.evaluate.cli"):
     try:
         importlib.import_module(m); ok += 1
     except Exception as e:  # noqa: BLE001

@@ -99,7 +99,7 @@ def test_before_after_table() -> None:
 
 def test_demo_job_validates_renders_and_builds_the_demo_stages(tmp_path: Path) -> None:
     from launch.render import render
-    from qa_train.run import build_stages
+    from qa_train.entrypoint.stages import build_stages
     from qa_train.spec import load_job
 
     env = {

@@ -104,7 +104,7 @@ def test_gpu_image_installs_from_the_locks_with_an_eval_venv() -> None:
     assert "QA_EVAL_PYTHON=/opt/eval-venv/bin/python" in text
     assert "project_requirements.py" not in text  # no unlocked resolution at build time
     assert "vllm" not in re.sub(r"#.*", "", text.split("eval-venv", 1)[0]).lower()  # not in the training venv
-    from qa_train.run import EVAL_VENV_PYTHON
+    from qa_train.entrypoint.commands import EVAL_VENV_PYTHON
 
     assert EVAL_VENV_PYTHON == "/opt/eval-venv/bin/python"
 
@@ -187,7 +187,7 @@ def test_shipped_vllm_jobs_eval_in_the_eval_venv(job: str, tmp_path: Path, monke
     import yaml
 
     from launch.render import render
-    from qa_train.run import build_stages
+    from qa_train.entrypoint.stages import build_stages
     from qa_train.spec import parse_job
 
     eval_py = tmp_path / "eval-venv" / "bin" / "python"
@@ -213,7 +213,7 @@ def test_shipped_vllm_jobs_eval_in_the_eval_venv(job: str, tmp_path: Path, monke
 def test_vllm_eval_without_an_eval_venv_stays_on_this_interpreter(tmp_path: Path, monkeypatch) -> None:
     """On a CPU machine (no eval venv) the eval stage keeps this python, which gives the clear
     "needs the vllm package" error (tests/test_eval_cli.py)."""
-    from qa_train import run
+    from qa_train.entrypoint import commands as run
 
     monkeypatch.setenv("QA_EVAL_PYTHON", str(tmp_path / "missing" / "python"))
     monkeypatch.setattr(run, "EVAL_VENV_PYTHON", str(tmp_path / "also-missing"))

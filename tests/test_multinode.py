@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from qa_train.contract import RunLayout, RunState
-from qa_train.run import Reporter, Stage, build_stages, group_node, main, run_stages
+from qa_train.entrypoint.cli import main
+from qa_train.entrypoint.reporter import Reporter
+from qa_train.entrypoint.runner import run_stages
+from qa_train.entrypoint.stages import Stage, build_stages, group_node
 from qa_train.spec import Plan, parse_job
 from qa_train.storage import RunStore
 

@@ -52,7 +52,7 @@ def _ds_config(stage: int, offload: bool) -> dict:
 
 
 def train_cmd(ranks: int, launcher: str, argv: list[str]) -> list[str]:
-    """The command ``qa_train run`` would build for this many ranks (see ``qa_train.run``)."""
+    """The command ``qa_train run`` would build for this many ranks (see ``qa_train.entrypoint.stages``)."""
     port = str(next(_PORTS))
     if launcher == "deepspeed":
         return [

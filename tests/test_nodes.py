@@ -127,7 +127,9 @@ def test_run_builds_the_train_stage_as_torchrun_on_a_node_of_a_group(
 ) -> None:
     """qa_train run: on a RunPod cluster node the train command is torchrun with that node's flags and NCCL on
     ens1; a partial set of variables is one error line and exit 2, before any stage starts."""
-    from qa_train.run import build_stages, default_plan, main
+    from qa_train.entrypoint.cli import main
+    from qa_train.entrypoint.flags import default_plan
+    from qa_train.entrypoint.stages import build_stages
     from qa_train.spec import parse_job
 
     job = parse_job({"run_name": "r", "model": {"name_or_path": "/m"}, "data": {"train_path": "/d.json"},

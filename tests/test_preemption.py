@@ -109,7 +109,7 @@ def test_spec_field_run_flag_and_interruptible_default(tmp_path, capsys, monkeyp
     jobs by the launcher, and --dry_run says what a preemption can lose."""
     from launch.render import INTERRUPTIBLE_SAVE_MINUTES, with_save_bound
     from launch.submit import main as submit_main
-    from qa_train.run import default_plan, train_flags
+    from qa_train.entrypoint.flags import default_plan, train_flags
     from qa_train.spec import SpecError, load_job, parse_job
 
     job = load_job("jobs/mistral-qa-lora.yaml")

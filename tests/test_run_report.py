@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from qa_train.contract import RunLayout, RunReport, RunState
-from qa_train.run import Reporter, Stage, run_stages
+from qa_train.entrypoint.reporter import Reporter
+from qa_train.entrypoint.runner import run_stages
+from qa_train.entrypoint.stages import Stage
 from qa_train.spec import parse_job
 from qa_train.storage import RunStore, upload_dir
 
@@ -59,7 +61,7 @@ def test_report_follows_every_stage_and_ends_succeeded(s3, tmp_path, monkeypatch
     job = parse_job(_job(s3, tmp_path))
     seen = tmp_path / "seen.json"
     # the middle stage reads the report in S3 while it runs: state running, its own entry open
-    peek = [PY, "-c", "import json, sys; from qa_train.run import RunStore, RunLayout; "
+    peek = [PY, "-c", "import json, sys; from qa_train.entrypoint.reporter import RunStore, RunLayout; "
             f"r = RunStore(RunLayout.of({s3.uri('runs')!r}, 'rep')).read_report(); "
             f"open({str(seen)!r}, 'w').write(r.to_json())"]  # fmt: skip
     reporter = Reporter(job, tmp_path / "out" / "rep")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch.render import render
-from qa_train.run import build_stages
+from qa_train.entrypoint.stages import build_stages
 from qa_train.spec import parse_job
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,7 +134,8 @@ def test_rendered_spec_from_env_writes_the_deepspeed_config(tmp_path):
 
 def test_stage_failure_stops_later_stages(tmp_path):
     """A fake interpreter that fails only 'merge': train ran, merge failed by name, eval never started."""
-    from qa_train.run import Stage, run_stages
+    from qa_train.entrypoint.runner import run_stages
+    from qa_train.entrypoint.stages import Stage
 
     ok = [sys.executable, "-c", "print('train ok')"]
     bad = [sys.executable, "-c", "import sys; print('merging'); sys.exit(3)"]

@@ -159,6 +159,6 @@ def test_spec_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = "import sys, qa_train.spec, qa_train.run; print(sorted(m for m in ('torch','transformers','peft') if m in sys.modules))"
+    code = "import sys, qa_train.spec, qa_train.entrypoint.cli; print(sorted(m for m in ('torch','transformers','peft') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

@@ -317,7 +317,9 @@ def test_run_reports_uploads_pending_while_it_retries_then_relaunches_as_storage
     checkpoint lands once storage is back, and the final report is read as a storage failure to relaunch."""
     import sys
 
-    from qa_train.run import Reporter, Stage, run_stages
+    from qa_train.entrypoint.reporter import Reporter
+    from qa_train.entrypoint.runner import run_stages
+    from qa_train.entrypoint.stages import Stage
     from qa_train.spec import parse_job
 
     server, bucket = store

@@ -15,7 +15,7 @@ import pytest
 from launch.credentials import CONTAINER_SECRETS, load_secrets, redact
 from launch.render import render
 from qa_train.contract import TB
-from qa_train.run import default_plan, train_flags
+from qa_train.entrypoint.flags import default_plan, train_flags
 from qa_train.spec import SpecError, parse_job
 from qa_train.sync import SyncSession
 from qa_train.sync.storage import S3Location, make_client

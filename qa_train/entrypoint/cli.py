@@ -1,0 +1,109 @@
+"""``python -m qa_train run [SPEC | --spec PATH]``: execute a job spec's stages in order inside the container.
+
+The spec is a job YAML/JSON file, a rendered spec (``runs/<job_id>/spec.json``), or — with no argument — the
+rendered spec JSON in env ``QA_JOB_SPEC`` (local backend) or its ``s3://…/spec.json`` URI in ``QA_JOB_SPEC_URI``
+(cloud backends: clouds cap env values). Inputs given as s3:// / https:// / hf:// URIs are fetched first (stage
+``inputs``). Stages run as subprocesses (train: ``python -m qa_train train …`` or ``deepspeed --num_gpus N
+--module qa_train train … --deepspeed cfg.json``; merge for LoRA/QLoRA; eval) with their output streamed as it
+comes; the first failing stage stops the run with its name and exit status.
+
+The run report (``qa_train.contract.RunReport``) is rewritten at every change: ``<run_dir>/report.json`` and,
+with ``sync``, ``<target>/<run_name>/report.json`` — the launcher decides from it, never from log lines. A stage
+whose output an earlier launch already committed (final/, merged/, eval/) is skipped. When the report is final
+the instance stops itself on vast/RunPod (``qa_train.instance_stop``). Imports nothing heavy: stages do the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from qa_train.contract import ENV_BACKEND
+from qa_train.entrypoint.flags import default_plan
+from qa_train.entrypoint.localize import localize
+from qa_train.entrypoint.reporter import Reporter
+from qa_train.entrypoint.runner import run_stages
+from qa_train.entrypoint.spec_input import SpecFetchError, load_spec
+from qa_train.entrypoint.stages import build_stages, group_node
+from qa_train.entrypoint.supervisor import _Child
+from qa_train.nodes import NodeEnvError
+from qa_train.spec import RenderedSpec, SpecError
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m qa_train run", description=__doc__.split("\n\n")[0])
+    p.add_argument("spec_path", nargs="?", default=None, help="job YAML/JSON or rendered spec.json")
+    p.add_argument("--spec", dest="spec_opt", default=None, help="same as the positional SPEC")
+    p.add_argument("--output_root", default=None, help="override the spec's output_root (where outputs go)")
+    p.add_argument("--print_plan", action="store_true", help="print the stage commands as JSON and exit")
+    a = p.parse_args(argv)
+    from qa_train.logs import SHORT_FORMAT, setup_logging
+
+    setup_logging(fmt=SHORT_FORMAT, datefmt=None)
+    from qa_train.driver import enforce  # the image's driver floor (QA_MIN_DRIVER), before any paid-for stage
+
+    if driver_error := enforce():
+        print(f"error: {driver_error}", file=sys.stderr)
+        return 2
+    for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        spec = load_spec(a.spec_opt or a.spec_path)
+    except SpecError as e:
+        print(f"error: invalid job spec:\n{e}", file=sys.stderr)
+        return 2
+    except SpecFetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if isinstance(spec, RenderedSpec):
+        job, plan, ds = spec.job, spec.plan, spec.deepspeed
+    else:
+        job, plan, ds = spec, default_plan(spec), None
+    if a.output_root:
+        job = job.model_copy(update={"output_root": a.output_root})
+    run_dir = Path(job.run_dir())
+    ds_path = str(run_dir / "ds_config.json") if plan.launcher == "deepspeed" else None
+    local_job, fetch_stage = localize(job, backend=os.environ.get(ENV_BACKEND))
+    try:
+        stages = ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
+    except NodeEnvError as e:  # the platform's node variables are partial: nothing has started
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.print_plan:
+        print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages if s.commands], indent=2))
+        return 0
+    if plan.launcher == "deepspeed":
+        if ds is None:
+            print(
+                "error: invalid job spec: plan.launcher is deepspeed but the spec has no deepspeed config",
+                file=sys.stderr,
+            )
+            return 2
+        run_dir.mkdir(parents=True, exist_ok=True)
+        Path(ds_path).write_text(json.dumps(ds, indent=2))  # type: ignore[arg-type]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _Child.handler)
+    node = group_node(plan)
+    reporter = Reporter(job, run_dir, node=node)
+    from qa_train.report_html import make_run_report  # report.html + plots, also to <run>/report/
+
+    if reporter.shared:
+        reporter.before_final = lambda: make_run_report(run_dir, reporter.store)
+    try:
+        code = run_stages(stages, run_dir / "run_summary.json", reporter)
+    except SystemExit as e:  # a signal: not final, no self-stop
+        reporter.unwatch()
+        reporter.interrupted(int(e.code or 1) if not isinstance(e.code, str) else 1)
+        raise
+    if node is not None and node.node_rank > 0 and code == 0:
+        print(f"[run] node {node.node_rank} of {node.nnodes}: train done; node 0 runs merge / eval and writes the "
+              "run report", file=sys.stderr, flush=True)  # fmt: skip
+    from qa_train.instance_stop import stop_self
+
+    stop_self()
+    return code
