@@ -1,7 +1,8 @@
 """``python -m qa_train <command> …``: one entry point for every stage that runs inside the container.
 
-Each command lives in its own module with ``main(argv) -> int``; it is imported only when asked for so that
-``--help`` and light commands stay fast.
+Each command lives in its own module with ``main(argv) -> int`` (or ``module:function`` names another
+function of that signature); it is imported only when asked for so that ``--help`` and light commands stay
+fast.
 
 Exit codes: 0 success, 2 usage / bad input (one ``error:`` line, nothing written), 1 runtime failure,
 3 object storage. A :class:`qa_train.fsutil.UsageError` that a command does not handle itself is turned into
@@ -32,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-smoke-data": ("qa_train.data.synthetic", "Write small synthetic train/validation/HotpotQA files"),
     "sync": ("qa_train.sync.cli", "List / push / pull checkpoints in S3-compatible object storage"),
     "run": ("qa_train.entrypoint.cli", "Run a job spec's stages in order: train → merge → eval"),
+    "compare-eval": (
+        "qa_train.demo_model:compare_main",
+        "Print a base-vs-fine-tuned table of two eval runs' summaries (BASE_JSONL TUNED_JSONL)",
+    ),
     "report": ("qa_train.report_html", "A run's report.html + PNG plots (local run folder or s3:// run)"),
 }
 
@@ -76,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     from qa_train.fsutil import UsageError
 
     try:
-        module = importlib.import_module(COMMANDS[name][0])
-        return int(module.main(rest) or 0)
+        module_name, _, function = COMMANDS[name][0].partition(":")
+        module = importlib.import_module(module_name)
+        return int(getattr(module, function or "main")(rest) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

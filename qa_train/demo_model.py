@@ -212,7 +212,10 @@ def compare_main(argv: list[str]) -> int:
     from qa_train.evaluate.cli import summary_path_for
 
     if len(argv) != 2:
-        print("usage: compare_main BASE_PREDICTIONS.jsonl TUNED_PREDICTIONS.jsonl", file=sys.stderr)
+        print(
+            "usage: python -m qa_train compare-eval BASE_PREDICTIONS.jsonl TUNED_PREDICTIONS.jsonl",
+            file=sys.stderr,
+        )
         return 2
     before, after = (json.loads(summary_path_for(Path(p)).read_text(encoding="utf-8")) for p in argv)
     print(compare_table(before, after), flush=True)

@@ -117,7 +117,7 @@ def test_demo_job_validates_renders_and_builds_the_demo_stages(tmp_path: Path) -
     train, merge, ev = build_stages(r.job, r.plan)
     demo_dir = f"{r.job.run_dir()}/demo-model"
     assert train.commands[0][-2:] == ["make-demo-model", demo_dir]
-    assert train.skip_if_exists[0] == f"{demo_dir}/{MARKER}"  # a relaunch reuses the finished model
+    assert train.steps[0].skip_if == f"{demo_dir}/{MARKER}"  # a relaunch reuses the finished model
     assert train.commands[1][train.commands[1].index("--model_name_or_path") + 1] == demo_dir
     assert merge.commands[0][merge.commands[0].index("--pretrained_path") + 1] == demo_dir
     base, tuned, compare = ev.commands

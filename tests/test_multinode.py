@@ -15,7 +15,7 @@ from qa_train.contract import RunLayout, RunState
 from qa_train.entrypoint.cli import main
 from qa_train.entrypoint.reporter import Reporter
 from qa_train.entrypoint.runner import run_stages
-from qa_train.entrypoint.stages import Stage, build_stages, group_node
+from qa_train.entrypoint.stages import Stage, Step, build_stages, group_node
 from qa_train.spec import Plan, parse_job
 from qa_train.storage import RunStore
 
@@ -95,13 +95,16 @@ def test_node_0s_report_covers_the_group_and_names_the_failed_node(
     assert node0 is not None and node1 is not None and node1.node_rank == 1
     rep0 = Reporter(job, tmp_path / "n0", env={"CONTAINER_ID": "node-0"}, node=node0)
     merged = tmp_path / "merge-ran"
-    stages0 = [Stage("train", [_cmd(1, 1.0)]), Stage("merge", [[PY, "-c", f"open({str(merged)!r}, 'w')"]])]
+    stages0 = [
+        Stage("train", [Step(_cmd(1, 1.0))]),
+        Stage("merge", [Step([PY, "-c", f"open({str(merged)!r}, 'w')"])]),
+    ]
     out: dict[str, int] = {}
     t = threading.Thread(target=lambda: out.update(code=run_stages(stages0, None, rep0)))
     t.start()
     time.sleep(0.5)  # node 1 ends after node 0's train stage started, as a rendezvous forces
     rep1 = Reporter(job, tmp_path / "n1", env={"CONTAINER_ID": "node-1"}, node=node1)
-    assert run_stages([Stage("train", [_cmd(7)])], None, rep1) == 7
+    assert run_stages([Stage("train", [Step(_cmd(7))])], None, rep1) == 7
     t.join(timeout=60)
     assert out["code"] == 1 and not merged.exists()
     report = store.read_report()
@@ -128,7 +131,7 @@ def test_a_status_from_an_earlier_launch_is_not_this_ones(
     store.put_text(status_name(1), status_text(1, 0, "old", now=time.time() - 3600))
     _plain(monkeypatch, 0)
     rep0 = Reporter(job, tmp_path / "n0", node=group_node(_plan()))
-    assert run_stages([Stage("train", [_cmd(3)])], None, rep0) == 3
+    assert run_stages([Stage("train", [Step(_cmd(3))])], None, rep0) == 3
     report = store.read_report()
     assert report is not None and report.group is not None
     assert report.group["nodes"][1] == {"node_rank": 1, "exit_code": None}

@@ -14,7 +14,7 @@ import pytest
 from qa_train.contract import RunLayout, RunReport, RunState
 from qa_train.entrypoint.reporter import Reporter
 from qa_train.entrypoint.runner import run_stages
-from qa_train.entrypoint.stages import Stage
+from qa_train.entrypoint.stages import Stage, Step
 from qa_train.spec import parse_job
 from qa_train.storage import RunStore, upload_dir
 
@@ -66,7 +66,7 @@ def test_report_follows_every_stage_and_ends_succeeded(s3, tmp_path, monkeypatch
             f"open({str(seen)!r}, 'w').write(r.to_json())"]  # fmt: skip
     reporter = Reporter(job, tmp_path / "out" / "rep")
     code = run_stages(
-        [Stage("train", [_ok("t")]), Stage("merge", [peek]), Stage("eval", [_ok("e")])],
+        [Stage("train", [Step(_ok("t"))]), Stage("merge", [Step(peek)]), Stage("eval", [Step(_ok("e"))])],
         tmp_path / "summary.json",
         reporter,
     )
@@ -96,7 +96,7 @@ def test_run_report_pages_are_uploaded_before_the_final_report(s3, tmp_path):
         seen.append((local.state, _store(s3).read_report().state))
 
     reporter.before_final = render
-    assert run_stages([Stage("train", [_ok("t")])], None, reporter) == 0
+    assert run_stages([Stage("train", [Step(_ok("t"))])], None, reporter) == 0
     assert seen == [(RunState.SUCCEEDED, RunState.RUNNING)]
     assert _store(s3).read_report().state is RunState.SUCCEEDED
 
@@ -110,7 +110,7 @@ def test_a_failing_before_final_still_publishes_the_final_report(s3, tmp_path, c
         raise OSError("disk full")
 
     reporter.before_final = broken
-    assert run_stages([Stage("train", [_ok("t")])], None, reporter) == 0
+    assert run_stages([Stage("train", [Step(_ok("t"))])], None, reporter) == 0
     assert _store(s3, "rep-bf").read_report().state is RunState.SUCCEEDED
     assert "warning: before the final report: OSError: disk full" in capsys.readouterr().err
 
@@ -120,9 +120,9 @@ def test_failed_stage_is_named_and_relaunch_counts(s3, tmp_path):
     bad = [PY, "-c", "import sys; sys.exit(5)"]
     never = tmp_path / "eval-ran"
     stages = [
-        Stage("train", [_ok("t")]),
-        Stage("merge", [bad]),
-        Stage("eval", [[PY, "-c", f"open({str(never)!r}, 'w')"]]),
+        Stage("train", [Step(_ok("t"))]),
+        Stage("merge", [Step(bad)]),
+        Stage("eval", [Step([PY, "-c", f"open({str(never)!r}, 'w')"])]),
     ]
     assert run_stages(stages, None, Reporter(job, tmp_path / "out" / "rep")) == 5
     report = _store(s3).read_report()
@@ -130,7 +130,9 @@ def test_failed_stage_is_named_and_relaunch_counts(s3, tmp_path):
     assert report.failed_stage().exit_code == 5 and report.error == "stage 'merge' failed (exit 5)"
     assert [s.name for s in report.stages] == ["train", "merge"] and not never.exists()
     # second launch on a fresh disk: counted from the report in storage
-    assert run_stages([Stage("train", [_ok("t")])], None, Reporter(job, tmp_path / "fresh" / "rep")) == 0
+    assert (
+        run_stages([Stage("train", [Step(_ok("t"))])], None, Reporter(job, tmp_path / "fresh" / "rep")) == 0
+    )
     report = _store(s3).read_report()
     assert report.launch == 2 and report.state is RunState.SUCCEEDED
 
@@ -142,9 +144,9 @@ def test_committed_outputs_are_skipped_on_relaunch(s3, tmp_path):
     marker = tmp_path / "train-ran"
     local_model = tmp_path / "out" / "rep" / "model"
     stages = [
-        Stage("train", [[PY, "-c", f"open({str(marker)!r}, 'w')"]], [None], output="final"),
-        Stage("merge", [[PY, "-c", f"import os, sys; sys.exit(0 if os.path.exists({str(local_model / 'train_summary.json')!r}) else 9)"]],
-              [None], output="merged", needs=[("final", str(local_model), "train_summary.json")]),
+        Stage("train", [Step([PY, "-c", f"open({str(marker)!r}, 'w')"])], output="final"),
+        Stage("merge", [Step([PY, "-c", f"import os, sys; sys.exit(0 if os.path.exists({str(local_model / 'train_summary.json')!r}) else 9)"])],
+              output="merged", needs=[("final", str(local_model), "train_summary.json")]),
     ]  # fmt: skip
     assert run_stages(stages, None, Reporter(job, tmp_path / "out" / "rep")) == 0
     assert not marker.exists()  # train was not redone

@@ -135,13 +135,14 @@ def test_rendered_spec_from_env_writes_the_deepspeed_config(tmp_path):
 def test_stage_failure_stops_later_stages(tmp_path):
     """A fake interpreter that fails only 'merge': train ran, merge failed by name, eval never started."""
     from qa_train.entrypoint.runner import run_stages
-    from qa_train.entrypoint.stages import Stage
+    from qa_train.entrypoint.stages import Stage, Step
 
     ok = [sys.executable, "-c", "print('train ok')"]
     bad = [sys.executable, "-c", "import sys; print('merging'); sys.exit(3)"]
     never = [sys.executable, "-c", f"open({str(tmp_path / 'eval-ran')!r}, 'w')"]
     code = run_stages(
-        [Stage("train", [ok]), Stage("merge", [bad]), Stage("eval", [never])], tmp_path / "s.json"
+        [Stage("train", [Step(ok)]), Stage("merge", [Step(bad)]), Stage("eval", [Step(never)])],
+        tmp_path / "s.json",
     )
     assert code == 3 and not (tmp_path / "eval-ran").exists()
     assert [s["exit_code"] for s in json.loads((tmp_path / "s.json").read_text())["stages"]] == [0, 3]

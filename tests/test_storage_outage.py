@@ -319,7 +319,7 @@ def test_run_reports_uploads_pending_while_it_retries_then_relaunches_as_storage
 
     from qa_train.entrypoint.reporter import Reporter
     from qa_train.entrypoint.runner import run_stages
-    from qa_train.entrypoint.stages import Stage
+    from qa_train.entrypoint.stages import Stage, Step
     from qa_train.spec import parse_job
 
     server, bucket = store
@@ -350,7 +350,9 @@ def test_run_reports_uploads_pending_while_it_retries_then_relaunches_as_storage
         reporter = Reporter(job, Path(job.run_dir()))
         watcher.start()
         started = time.time()
-        code = run_stages([Stage("train", [[sys.executable, "-c", "raise SystemExit(3)"]])], None, reporter)
+        code = run_stages(
+            [Stage("train", [Step([sys.executable, "-c", "raise SystemExit(3)"])])], None, reporter
+        )
     finally:
         watcher.join(timeout=150)
         if server.proc is not None and server.proc.poll() is not None:

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from qa_train.contract import ENV_BACKEND
 from qa_train.entrypoint.flags import default_plan
@@ -29,29 +30,31 @@ from qa_train.entrypoint.localize import localize
 from qa_train.entrypoint.reporter import Reporter
 from qa_train.entrypoint.runner import run_stages
 from qa_train.entrypoint.spec_input import SpecFetchError, load_spec
-from qa_train.entrypoint.stages import build_stages, group_node
-from qa_train.entrypoint.supervisor import _Child
+from qa_train.entrypoint.stages import Stage, build_stages, group_node
+from qa_train.entrypoint.supervisor import Child
 from qa_train.nodes import NodeEnvError
-from qa_train.spec import RenderedSpec, SpecError
+from qa_train.spec import JobSpec, Plan, RenderedSpec, SpecError
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m qa_train run", description=__doc__.split("\n\n")[0])
     p.add_argument("spec_path", nargs="?", default=None, help="job YAML/JSON or rendered spec.json")
     p.add_argument("--spec", dest="spec_opt", default=None, help="same as the positional SPEC")
     p.add_argument("--output_root", default=None, help="override the spec's output_root (where outputs go)")
     p.add_argument("--print_plan", action="store_true", help="print the stage commands as JSON and exit")
-    a = p.parse_args(argv)
+    return p
+
+
+def _setup_logging() -> None:
     from qa_train.logs import SHORT_FORMAT, setup_logging
 
     setup_logging(fmt=SHORT_FORMAT, datefmt=None)
-    from qa_train.driver import enforce  # the image's driver floor (QA_MIN_DRIVER), before any paid-for stage
-
-    if driver_error := enforce():
-        print(f"error: {driver_error}", file=sys.stderr)
-        return 2
     for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def _load(a: argparse.Namespace) -> tuple[JobSpec, Plan, dict[str, Any] | None] | int:
+    """The job, its plan and deepspeed config; or the exit code after one ``error:`` line."""
     try:
         spec = load_spec(a.spec_opt or a.spec_path)
     except SpecError as e:
@@ -66,28 +69,36 @@ def main(argv: list[str]) -> int:
         job, plan, ds = spec, default_plan(spec), None
     if a.output_root:
         job = job.model_copy(update={"output_root": a.output_root})
-    run_dir = Path(job.run_dir())
-    ds_path = str(run_dir / "ds_config.json") if plan.launcher == "deepspeed" else None
+    return job, plan, ds
+
+
+def _stages(job: JobSpec, plan: Plan, ds_path: str | None) -> list[Stage] | int:
+    """The inputs stage (when an input is remote) + the spec's stages; exit 2 when the node's variables are
+    partial (nothing has started)."""
     local_job, fetch_stage = localize(job, backend=os.environ.get(ENV_BACKEND))
     try:
-        stages = ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
-    except NodeEnvError as e:  # the platform's node variables are partial: nothing has started
+        return ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
+    except NodeEnvError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if a.print_plan:
-        print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages if s.commands], indent=2))
+
+
+def _write_ds_config(plan: Plan, ds: dict[str, Any] | None, ds_path: str | None) -> int:
+    if plan.launcher != "deepspeed" or ds_path is None:
         return 0
-    if plan.launcher == "deepspeed":
-        if ds is None:
-            print(
-                "error: invalid job spec: plan.launcher is deepspeed but the spec has no deepspeed config",
-                file=sys.stderr,
-            )
-            return 2
-        run_dir.mkdir(parents=True, exist_ok=True)
-        Path(ds_path).write_text(json.dumps(ds, indent=2))  # type: ignore[arg-type]
+    if ds is None:
+        print("error: invalid job spec: plan.launcher is deepspeed but the spec has no deepspeed config",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    Path(ds_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(ds_path).write_text(json.dumps(ds, indent=2))
+    return 0
+
+
+def _run(job: JobSpec, plan: Plan, stages: list[Stage], run_dir: Path) -> int:
+    """The stages under signal forwarding, with the run report; at the end the instance stops itself."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _Child.handler)
+        signal.signal(sig, Child.handler)
     node = group_node(plan)
     reporter = Reporter(job, run_dir, node=node)
     from qa_train.report_html import make_run_report  # report.html + plots, also to <run>/report/
@@ -107,3 +118,28 @@ def main(argv: list[str]) -> int:
 
     stop_self()
     return code
+
+
+def main(argv: list[str]) -> int:
+    a = _parser().parse_args(argv)
+    _setup_logging()
+    from qa_train.driver import enforce  # the image's driver floor (QA_MIN_DRIVER), before any paid-for stage
+
+    if driver_error := enforce():
+        print(f"error: {driver_error}", file=sys.stderr)
+        return 2
+    loaded = _load(a)
+    if isinstance(loaded, int):
+        return loaded
+    job, plan, ds = loaded
+    run_dir = Path(job.run_dir())
+    ds_path = str(run_dir / "ds_config.json") if plan.launcher == "deepspeed" else None
+    stages = _stages(job, plan, ds_path)
+    if isinstance(stages, int):
+        return stages
+    if a.print_plan:
+        print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages if s.commands], indent=2))
+        return 0
+    if code := _write_ds_config(plan, ds, ds_path):
+        return code
+    return _run(job, plan, stages, run_dir)

@@ -1,4 +1,7 @@
-"""The launcher commands a stage runs: deepspeed, torchrun, and the eval stage's interpreter."""
+"""The launcher commands a stage runs: ``python -m qa_train``, deepspeed, torchrun, and the eval interpreter.
+
+Kept apart from the stage builders so a change of launcher (or of the image's venv layout) is one small edit.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,19 @@ import shutil
 import sys
 
 
-def _deepspeed_cmd(num_gpus: int) -> list[str]:
+def qa_train_cmd(*args: str, python: str | None = None) -> list[str]:
+    """``python -m qa_train ARGS…`` with this interpreter (or ``python``): every stage runs a subcommand."""
+    return [python or sys.executable, "-m", "qa_train", *args]
+
+
+def deepspeed_cmd(num_gpus: int) -> list[str]:
+    """The deepspeed launcher (its console script, else its module) running ``qa_train train``."""
     exe = shutil.which("deepspeed")
     head = [exe] if exe else [sys.executable, "-m", "deepspeed.launcher.runner"]
     return [*head, "--num_gpus", str(max(num_gpus, 1)), "--module", "qa_train", "train"]
 
 
-def _torchrun_cmd(num_gpus: int) -> list[str]:
+def torchrun_cmd(num_gpus: int) -> list[str]:
     """One node, ``num_gpus`` ranks (torchrun's standalone rendezvous picks a free port)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_gpus),
             "-m", "qa_train", "train"]  # fmt: skip

@@ -13,10 +13,80 @@ from typing import Any
 from qa_train.entrypoint.reporter import Reporter, restore
 from qa_train.entrypoint.spec_input import EXIT_STORAGE
 from qa_train.entrypoint.stages import Stage
-from qa_train.entrypoint.supervisor import _run_commands
+from qa_train.entrypoint.supervisor import run_steps
 
 logger = logging.getLogger("qa_train.run")
 ENV_REPORT_INTERVAL = "QA_REPORT_INTERVAL"  # seconds between committed-step checks during train (default 30)
+
+
+def _say(message: str) -> None:
+    print(f"[run] {message}", file=sys.stderr, flush=True)
+
+
+def _done_outputs(stages: list[Stage], reporter: Reporter | None) -> set[str]:
+    """Outputs an earlier launch committed, kept only when their files match the manifest."""
+    if reporter is None:
+        return set()
+    done = reporter.committed()
+    return reporter.verified(done, [s.output for s in stages if s.output is not None])
+
+
+def _restore_needs(
+    stage: Stage, skipped_outputs: set[str], reporter: Reporter | None
+) -> tuple[int, str | None]:
+    """Pull the committed folders this stage reads when the stage that made them was skipped on a fresh disk:
+    one line naming the folder and exit 3 (storage) when that fails."""
+    if reporter is None or reporter.store is None:
+        return 0, None
+    for folder, local, proof in stage.needs:
+        if folder not in skipped_outputs or (Path(local) / proof).exists():
+            continue
+        _say(f"restoring {folder}/ from storage into {local}")
+        try:
+            restore(reporter.store, folder, Path(local))
+        except Exception as e:  # noqa: BLE001 - one line naming the folder, exit 3 (storage)
+            return EXIT_STORAGE, f"cannot restore {reporter.store.layout.child(folder)}: {e}"
+    return 0, None
+
+
+def _run_stage(
+    stage: Stage, reporter: Reporter | None, skipped_outputs: set[str], interval: float
+) -> tuple[int, str | None]:
+    _say(f"stage '{stage.name}' starting")
+    code, error = _restore_needs(stage, skipped_outputs, reporter)
+    if code != 0:
+        return code, error
+    if stage.action is not None:
+        return stage.action()
+    if reporter is not None and stage.name == "train":
+        reporter.watch(interval)  # the report follows every checkpoint commit
+    try:
+        return run_steps(stage), None
+    finally:
+        if reporter is not None:
+            reporter.unwatch()
+
+
+def _skip_stage(stage: Stage, rest_done: bool) -> int:
+    _say(f"stage '{stage.name}': {stage.output}/ already committed; skipping")
+    # its preparation (the tiny base model) still runs when a later stage needs it
+    return run_steps(stage, only_prep=True) if not rest_done else 0
+
+
+def _finish(
+    summary: dict[str, Any], summary_path: Path | None, reporter: Reporter | None, error: str | None
+) -> None:
+    """``run_summary.json`` + its line on stdout, then pending uploads and the final report."""
+    if summary_path is not None:
+        try:
+            summary_path.parent.mkdir(parents=True, exist_ok=True)
+            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as e:
+            logger.warning("could not write %s: %s", summary_path, e)
+    print(json.dumps(summary), flush=True)
+    if reporter is not None:
+        reporter.flush_uploads()
+        reporter.finish(summary["ok"], error)
 
 
 def run_stages(
@@ -26,53 +96,18 @@ def run_stages(
     and ends final (succeeded / failed + the error line)."""
     results: list[dict[str, Any]] = []
     code, error = 0, None
-    done = reporter.committed() if reporter is not None else set()
-    if reporter is not None:  # a committed output is skipped only when its files match the manifest
-        done = reporter.verified(done, [s.output for s in stages if s.output is not None])
+    done = _done_outputs(stages, reporter)
     skipped_outputs: set[str] = set()
     interval = float(os.environ.get(ENV_REPORT_INTERVAL) or 30)
     is_done = [s.output is not None and s.output in done for s in stages]
     for i, stage in enumerate(stages):
-        t0 = time.monotonic()
-        skip = is_done[i]
+        t0, skip = time.monotonic(), is_done[i]
         entry = reporter.stage_started(stage.name) if reporter is not None else None
-        stage_error = None
         if skip:
-            print(
-                f"[run] stage '{stage.name}': {stage.output}/ already committed; skipping",
-                file=sys.stderr,
-                flush=True,
-            )
             skipped_outputs.add(stage.output)  # type: ignore[arg-type]
-            # its preparation (the tiny base model) still runs when a later stage needs it
-            stage_code = _run_commands(stage, only_prep=True) if not all(is_done[i:]) else 0
+            stage_code, stage_error = _skip_stage(stage, all(is_done[i:])), None
         else:
-            print(f"[run] stage '{stage.name}' starting", file=sys.stderr, flush=True)
-            stage_code = 0
-            for folder, local, proof in stage.needs:
-                if folder in skipped_outputs and reporter is not None and reporter.store is not None:
-                    if (Path(local) / proof).exists():
-                        continue
-                    print(f"[run] restoring {folder}/ from storage into {local}", file=sys.stderr, flush=True)
-                    try:
-                        restore(reporter.store, folder, Path(local))
-                    except Exception as e:  # noqa: BLE001 - one line naming the folder, exit 3 (storage)
-                        stage_code, stage_error = (
-                            EXIT_STORAGE,
-                            f"cannot restore {reporter.store.layout.child(folder)}: {e}",
-                        )
-                        break
-            if stage_code == 0:
-                if stage.action is not None:
-                    stage_code, stage_error = stage.action()
-                else:
-                    if reporter is not None and stage.name == "train":
-                        reporter.watch(interval)
-                    try:
-                        stage_code = _run_commands(stage)
-                    finally:
-                        if reporter is not None:
-                            reporter.unwatch()
+            stage_code, stage_error = _run_stage(stage, reporter, skipped_outputs, interval)
         secs = round(time.monotonic() - t0, 1)
         if entry is not None:
             reporter.stage_ended(entry, stage_code, secs, skipped=skip)  # type: ignore[union-attr]
@@ -90,16 +125,6 @@ def run_stages(
             code = stage_code if 0 < stage_code < 256 else 1
             break
         if not skip:
-            print(f"[run] stage '{stage.name}' done in {secs}s", file=sys.stderr, flush=True)
-    summary = {"ok": code == 0, "stages": results}
-    if summary_path is not None:
-        try:
-            summary_path.parent.mkdir(parents=True, exist_ok=True)
-            summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        except OSError as e:
-            logger.warning("could not write %s: %s", summary_path, e)
-    print(json.dumps(summary), flush=True)
-    if reporter is not None:
-        reporter.flush_uploads()
-        reporter.finish(code == 0, error)
+            _say(f"stage '{stage.name}' done in {secs}s")
+    _finish({"ok": code == 0, "stages": results}, summary_path, reporter, error)
     return code

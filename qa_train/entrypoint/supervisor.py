@@ -12,7 +12,7 @@ from pathlib import Path
 from qa_train.entrypoint.stages import Stage
 
 
-class _Child:
+class Child:
     """Forward SIGTERM/SIGINT (``docker stop``, a cloud shutting down) to the running stage, then let it use
     the grace period.
 
@@ -62,36 +62,37 @@ class _Child:
             time.sleep(0.1)
 
 
-def _run_commands(stage: Stage, only_prep: bool = False) -> int:
-    code = 0
-    for cmd, skip in zip(stage.commands, stage.skip_if_exists or [None] * len(stage.commands), strict=False):
-        if only_prep and not skip:
-            continue  # a stage done earlier still runs its idempotent preparation (the tiny base model)
-        if skip and Path(skip).exists():
-            print(
-                f"[run] {skip} exists; skipping {cmd[3] if len(cmd) > 3 else cmd[0]}",
-                file=sys.stderr,
-                flush=True,
-            )
+def run_steps(stage: Stage, only_prep: bool = False) -> int:
+    """Run the stage's steps in order until one fails (its exit code). ``only_prep``: a stage done earlier
+    still runs its idempotent preparation (the steps with ``skip_if``: the tiny base model)."""
+    for step in stage.steps:
+        if only_prep and not step.skip_if:
             continue
-        print("[run] $ " + " ".join(cmd), file=sys.stderr, flush=True)  # holds no secret: those are env only
-        try:
-            # inherits stdout/stderr: output streams as it comes; own process group: see _Child
-            _Child.proc = subprocess.Popen(cmd, start_new_session=True)
-        except OSError as e:
-            print(f"[run] cannot start {cmd[0]}: {e}", file=sys.stderr)
-            return 127
-        code = _Child.proc.wait()
-        if _Child.signalled is not None:
-            _Child.wait_group(_Child.proc.pid)
-            _Child.proc = None
-            print(
-                f"[run] stage ended (exit {code}) after signal {_Child.signalled}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(128 + _Child.signalled)
-        _Child.proc = None
+        if step.skip_if and Path(step.skip_if).exists():
+            cmd = step.argv
+            print(f"[run] {step.skip_if} exists; skipping {cmd[3] if len(cmd) > 3 else cmd[0]}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            continue
+        code = run_child(step.argv)
         if code != 0:
             return code
+    return 0
+
+
+def run_child(cmd: list[str]) -> int:
+    """One command in its own process group, output streamed as it comes; after a forwarded signal, wait for
+    the whole group and exit ``128 + signal`` (``SystemExit``)."""
+    print("[run] $ " + " ".join(cmd), file=sys.stderr, flush=True)  # holds no secret: those are env only
+    try:
+        Child.proc = subprocess.Popen(cmd, start_new_session=True)  # inherits stdout/stderr
+    except OSError as e:
+        print(f"[run] cannot start {cmd[0]}: {e}", file=sys.stderr)
+        return 127
+    code = Child.proc.wait()
+    if Child.signalled is not None:
+        Child.wait_group(Child.proc.pid)
+        Child.proc = None
+        print(f"[run] stage ended (exit {code}) after signal {Child.signalled}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + Child.signalled)
+    Child.proc = None
     return code
