@@ -7,21 +7,24 @@ spellings that older transformers accepted are rewritten before parsing.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
-import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser
 from transformers import TrainingArguments as HfTrainingArguments
 
-from qa_train.fsutil import UsageError, check_number, one_line
+from qa_train.bounds import BoundError, check_bounds
+from qa_train.fsutil import UsageError, one_line
 from qa_train.sync import SyncArguments
 
 logger = logging.getLogger(__name__)
 
-# Old spelling → current spelling.
-FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy"}
+# Old spelling → current spelling (a flag, or a key of an arguments JSON file).
+FIELD_ALIASES = {"evaluation_strategy": "eval_strategy"}
+FLAG_ALIASES = {f"--{old}": f"--{new}" for old, new in FIELD_ALIASES.items()}
 
 
 @dataclass
@@ -130,88 +133,17 @@ class TrainingArguments(HfTrainingArguments):
         super().__post_init__()
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
-
-
-def _steps_ok(x: Any) -> bool:
-    """HF step intervals: a whole number of steps >= 1, or a fraction of the run in (0, 1)."""
-    return _finite(x) and x > 0 and (x < 1 or float(x).is_integer())
-
-
 def check_training_ranges(a: Any) -> None:
-    """Every number a user can get wrong, with the flag named (UsageError); ``a`` is our TrainingArguments."""
-    check_number("--model_max_length", a.model_max_length, a.model_max_length > 0, "> 0")
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        check_number(f"--{name}", getattr(a, name), getattr(a, name) >= 1, ">= 1")
-    if a.eval_accumulation_steps is not None:
-        check_number(
-            "--eval_accumulation_steps", a.eval_accumulation_steps, a.eval_accumulation_steps >= 1, ">= 1"
-        )
-    check_number("--learning_rate", a.learning_rate, _finite(a.learning_rate) and a.learning_rate > 0, "> 0")
-    epochs = a.num_train_epochs
-    check_number("--num_train_epochs", epochs, _finite(epochs) and epochs >= 0, "> 0")
-    check_number(
-        "--max_steps",
-        a.max_steps,
-        a.max_steps == -1 or a.max_steps >= 1,
-        "-1 (train --num_train_epochs) or >= 1",
-    )
-    for name in ("logging_steps", "save_steps", "eval_steps"):
-        value = getattr(a, name)
-        if value is not None:
-            check_number(
-                f"--{name}", value, _steps_ok(value), "a whole number of steps >= 1 or a fraction in (0, 1)"
-            )
-    check_number("--warmup_steps", a.warmup_steps, _finite(a.warmup_steps) and a.warmup_steps >= 0, ">= 0")
-    if getattr(a, "warmup_ratio", None) is not None:
-        check_number(
-            "--warmup_ratio",
-            a.warmup_ratio,
-            _finite(a.warmup_ratio) and 0 <= a.warmup_ratio <= 1,
-            "in [0, 1]",
-        )
-    check_number("--weight_decay", a.weight_decay, _finite(a.weight_decay) and a.weight_decay >= 0, ">= 0")
-    if a.max_grad_norm is not None:
-        check_number(
-            "--max_grad_norm", a.max_grad_norm, _finite(a.max_grad_norm) and a.max_grad_norm >= 0, ">= 0"
-        )
-    if a.save_total_limit is not None:
-        check_number("--save_total_limit", a.save_total_limit, a.save_total_limit >= 1, ">= 1")
-    check_number("--dataloader_num_workers", a.dataloader_num_workers, a.dataloader_num_workers >= 0, ">= 0")
-    check_number("--lora_r", a.lora_r, a.lora_r >= 1, ">= 1")
-    check_number("--lora_alpha", a.lora_alpha, _finite(a.lora_alpha) and a.lora_alpha > 0, "> 0")
-    check_number(
-        "--save_every_minutes",
-        a.save_every_minutes,
-        _finite(a.save_every_minutes) and a.save_every_minutes >= 0,
-        ">= 0 (0: off)",
-    )
-    check_number(
-        "--sigterm_grace_s", a.sigterm_grace_s, _finite(a.sigterm_grace_s) and a.sigterm_grace_s >= 0, ">= 0"
-    )
-    check_number(
-        "--sigterm_min_age_s",
-        a.sigterm_min_age_s,
-        _finite(a.sigterm_min_age_s) and a.sigterm_min_age_s >= 0,
-        ">= 0",
-    )
-    if a.new_token_lr is not None:
-        check_number("--new_token_lr", a.new_token_lr, _finite(a.new_token_lr) and a.new_token_lr > 0, "> 0")
+    """Every number a user can get wrong, with the flag named (UsageError), from the one table
+    (``qa_train.bounds``) the job spec's fields are constrained by too; ``a`` is our TrainingArguments."""
+    try:
+        check_bounds(a)
+    except BoundError as exc:
+        raise UsageError(str(exc)) from None
     from qa_train.modeling import NEW_TOKEN_INITS
 
     if a.new_token_init not in NEW_TOKEN_INITS:
         raise UsageError(f"--new_token_init must be {' or '.join(NEW_TOKEN_INITS)}, got {a.new_token_init!r}")
-    dropout = a.lora_dropout
-    check_number("--lora_dropout", dropout, _finite(dropout) and 0 <= dropout < 1, ">= 0 and < 1")
-
-
-def _check_sync_ranges(s: Any) -> None:
-    check_number("--s3_max_attempts", s.s3_max_attempts, s.s3_max_attempts >= 1, ">= 1")
-    check_number("--sync_concurrency", s.sync_concurrency, s.sync_concurrency >= 1, ">= 1")
-    check_number(
-        "--sync_max_mbps", s.sync_max_mbps, _finite(s.sync_max_mbps) and s.sync_max_mbps >= 0, ">= 0"
-    )
 
 
 class _Parser(HfArgumentParser):
@@ -243,12 +175,18 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def _drop_unavailable_tf32(argv: list[str]) -> list[str]:
-    """``--tf32 True`` is an Ampere-only switch; on other hardware warn and drop it instead of failing."""
+def _has_ampere() -> bool:
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def _drop_unavailable_tf32(argv: list[str], config: dict[str, Any]) -> list[str]:
+    """``tf32`` is an Ampere-only switch; on other hardware warn and drop it instead of failing."""
+    if _has_ampere():
         return argv
+    if config.pop("tf32", False):
+        logger.warning("tf32 ignored: no Ampere-or-newer GPU here")
     out, skip = [], False
     for i, arg in enumerate(argv):
         if skip:
@@ -266,21 +204,57 @@ def _drop_unavailable_tf32(argv: list[str]) -> list[str]:
     return out
 
 
-def _cpu_when_no_gpu(argv: list[str]) -> list[str]:
-    """Without CUDA, say so to the Trainer (it otherwise refuses ``--bf16 True``)."""
-    import torch
+def read_config(argv: list[str]) -> tuple[dict[str, Any], list[str], str]:
+    """``ARGS.json [--flag value …]``: the arguments file (``qa_train.train_config`` writes it from a job spec)
+    and the flags after it, which override it (``--deepspeed``, a launcher's ``--local_rank``); a plain flag
+    list has no file. Returns (values, flags, the file's name for messages)."""
+    if not argv or argv[0].startswith("-") or not argv[0].endswith(".json"):
+        return {}, argv, "train arguments"
+    path = argv[0]
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the train arguments: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON: {one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: the train arguments must be a JSON object, got {type(data).__name__}")
+    return {FIELD_ALIASES.get(k, k): v for k, v in data.items()}, argv[1:], path
 
-    if torch.cuda.is_available() or any(a.startswith("--use_cpu") for a in argv):
-        return argv
-    return [*argv, "--use_cpu", "True"]
+
+def _given(config: dict[str, Any], argv: list[str]) -> set[str]:
+    """The argument names set by the file or a flag (HF's defaults differ from the original script's)."""
+    return set(config) | {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def _apply_config(parser: HfArgumentParser, config: dict[str, Any], source: str) -> None:
+    """The file's values become the parser's defaults: flags still override them, and one parse (with the
+    dataclasses' own checks and ours) serves both."""
+    dests = {a.dest for a in parser._actions}  # noqa: SLF001 - argparse has no public list of its actions
+    unknown = sorted(set(config) - dests)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(dests), n=1, cutoff=0.75)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise UsageError(f"{source}: unknown key(s) for train: {', '.join(hints)}")
+    for action in parser._actions:  # noqa: SLF001
+        if action.dest in config:
+            action.required = False
+    parser.set_defaults(**config)
 
 
 def parse_train_args(
     argv: list[str],
 ) -> tuple[ModelArguments, DataArguments, TrainingArguments, SyncArguments]:
-    argv = _drop_unavailable_tf32(normalize_argv(argv))
-    argv = _cpu_when_no_gpu(argv)
+    """``[ARGS.json] [--flag value …]`` into the four argument dataclasses, every range checked once."""
+    config, argv, source = read_config(argv)
+    argv = _drop_unavailable_tf32(normalize_argv(argv), config)
+    given = _given(config, argv)
+    if "use_cpu" not in given and not _cuda():  # say so to the Trainer (it otherwise refuses bf16)
+        argv = [*argv, "--use_cpu", "True"]
     parser = _Parser((ModelArguments, DataArguments, TrainingArguments, SyncArguments), allow_abbrev=False)
+    _apply_config(parser, config, source)
     _, unknown = parser.parse_known_args(argv)
     if unknown:  # before any dataclass is built: a typo must not start anything
         raise _unknown_flags_error(parser, unknown)
@@ -290,16 +264,22 @@ def parse_train_args(
         raise
     except (ValueError, TypeError) as exc:  # the Trainer's own checks in TrainingArguments.__post_init__
         raise UsageError(one_line(exc)) from None
-    _check_sync_ranges(sync_args)
-    if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
+    try:
+        check_bounds(sync_args)
+    except BoundError as exc:
+        raise UsageError(str(exc)) from None
+    if "output_dir" not in given:
         raise UsageError("--output_dir is required (where the model, checkpoints and train_summary.json go)")
     # HF defaults do_train to False; the original script always trained. Train unless told otherwise.
-    if not any(a == "--do_train" or a.startswith("--do_train=") for a in argv):
+    if "do_train" not in given:
         training_args.do_train = True
-    if data_args.validation_path and not any(a.startswith("--do_eval") for a in argv):
+    if data_args.validation_path and "do_eval" not in given:
         training_args.do_eval = True
-    if training_args.do_train and training_args.max_steps == -1:
-        epochs = training_args.num_train_epochs
-        check_number("--num_train_epochs", epochs, epochs > 0, "> 0 (or set --max_steps)")
     training_args.remove_unused_columns = False
     return model_args, data_args, training_args, sync_args
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qa_train.bounds import spec_bounds as _b
+from qa_train.contract.train_summary import Mode
+
 STAGES = ("train", "merge", "eval")
 _S3_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
@@ -127,6 +130,11 @@ def _check_s3_target(v: str) -> str:
     return v
 
 
+def training_mode(use_lora: bool, qlora: bool) -> Mode:
+    """full | lora | qlora: the one spelling the launcher (memory, GPU choice) and train_summary.json share."""
+    return "qlora" if qlora else "lora" if use_lora else "full"
+
+
 class SpecError(ValueError):
     """A job spec that cannot be used; the message names the file and the key path."""
 
@@ -189,25 +197,25 @@ class DataSpec(_Strict):
 class TrainingSpec(_Strict):
     """Defaults are the original README's training command."""
 
-    num_train_epochs: float = Field(default=2, gt=0)
-    per_device_train_batch_size: int = Field(default=3, ge=1)
-    per_device_eval_batch_size: int = Field(default=4, ge=1)
-    gradient_accumulation_steps: int = Field(default=10, ge=1)
-    eval_accumulation_steps: int = Field(default=1, ge=1)
+    num_train_epochs: float = Field(default=2, **_b("num_train_epochs"))
+    per_device_train_batch_size: int = Field(default=3, **_b("per_device_train_batch_size"))
+    per_device_eval_batch_size: int = Field(default=4, **_b("per_device_eval_batch_size"))
+    gradient_accumulation_steps: int = Field(default=10, **_b("gradient_accumulation_steps"))
+    eval_accumulation_steps: int = Field(default=1, **_b("eval_accumulation_steps"))
     evaluation_strategy: Literal["no", "steps", "epoch"] = "steps"
-    eval_steps: int = Field(default=40, ge=1)
+    eval_steps: int = Field(default=40, **_b("eval_steps"))
     save_strategy: Literal["no", "steps", "epoch"] = "epoch"
-    save_steps: int = Field(default=80, ge=1)
-    save_total_limit: int | None = Field(default=3, ge=1)
-    learning_rate: float = Field(default=1.2e-5, gt=0, lt=1)
+    save_steps: int = Field(default=80, **_b("save_steps"))
+    save_total_limit: int | None = Field(default=3, **_b("save_total_limit"))
+    learning_rate: float = Field(default=1.2e-5, **_b("learning_rate"))
     lr_scheduler_type: str = "cosine"
-    logging_steps: int = Field(default=1, ge=1)
-    model_max_length: int = Field(default=4096, ge=16)
+    logging_steps: int = Field(default=1, **_b("logging_steps"))
+    model_max_length: int = Field(default=4096, **_b("model_max_length"))
     gradient_checkpointing: bool = True
-    max_steps: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, **_b("max_steps"))
     save_every_minutes: float | None = Field(
         default=None,
-        gt=0,
+        **_b("save_every_minutes"),
         description="also save when this many minutes passed since the last checkpoint (bounds what a "
         "preemption loses); None: the launcher sets 30 for interruptible jobs, else off",
     )
@@ -232,9 +240,9 @@ class TrainingSpec(_Strict):
 
 
 class LoraSpec(_Strict):
-    r: int = Field(default=16, ge=1)
-    alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    r: int = Field(default=16, **_b("lora_r"))
+    alpha: int = Field(default=32, **_b("lora_alpha"))
+    dropout: float = Field(default=0.05, **_b("lora_dropout"))
 
 
 class EvalSpec(_Strict):
@@ -340,8 +348,8 @@ class JobSpec(_Strict):
             return self.demo_model_dir()
         return str(self.model.name_or_path)
 
-    def eval_model(self) -> str:
-        return self.merged_dir() if self.use_lora else self.train_output_dir()
+    def mode(self) -> Mode:
+        return training_mode(self.use_lora, self.qlora)
 
     def eval_save_path(self) -> str:
         return f"{self.run_dir()}/eval/predictions.jsonl"
@@ -363,8 +371,8 @@ class Plan(_Strict):
     num_gpus: int = Field(default=0, ge=0)
     bf16: bool = False
     tf32: bool = False
-    per_device_train_batch_size: int = Field(default=3, ge=1)
-    gradient_accumulation_steps: int = Field(default=10, ge=1)
+    per_device_train_batch_size: int = Field(default=3, **_b("per_device_train_batch_size"))
+    gradient_accumulation_steps: int = Field(default=10, **_b("gradient_accumulation_steps"))
 
 
 class RenderedSpec(_Strict):
