@@ -68,7 +68,8 @@ class Candidate:
 
 
 def mode_of(job: JobSpec) -> str:
-    return "qlora" if job.qlora else "lora" if job.use_lora else "full"
+    """full | lora | qlora, spelled once (``qa_train.spec.training_mode``, also train_summary.json's)."""
+    return job.mode()
 
 
 def deepspeed_config(stage: int, offload_optimizer: bool, offload_param: bool) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """``python -m qa_train train …``: fine-tune QA Expert (full / LoRA / QLoRA), packed or padded, with DeepSpeed.
 
-Flags are the original README's; see ``qa_train/args.py``. Every input problem is found before the model is
+Flags are the original README's, or one ``ARGS.json`` file of the same names (what ``qa_train run`` writes from
+a job spec, ``qa_train/train_config.py``) with flags after it overriding it; see ``qa_train/args.py``. Every input problem is found before the model is
 loaded, so a bad file costs seconds and leaves no checkpoint behind.
 
 Outputs: a new run first removes the previous ``train_summary.json`` and completion marker from output_dir;
@@ -426,6 +427,7 @@ def run(argv: list[str]) -> dict[str, Any]:
 
     from qa_train.args import parse_train_args
     from qa_train.fsutil import atomic_write_json, write_marker
+    from qa_train.spec import training_mode
     from qa_train.sync import start_sync
     from qa_train.sync.callback import dir_bytes
     from qa_train.trainer import PreemptionGuard, QATrainer, model_state_bytes
@@ -492,7 +494,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     attach_live_metrics(trainer, session, training_args, train_data, train_ds, bool(pack_stats))
     summary: dict[str, Any] = {
         "model": model_args.model_name_or_path,
-        "mode": "qlora" if training_args.qlora else "lora" if training_args.use_lora else "full",
+        "mode": training_mode(training_args.use_lora, training_args.qlora),
         "packing": data_args.packing,
         "num_samples": len(train_data) if train_data is not None else 0,
         "num_packs": pack_stats.packs if pack_stats else None,
@@ -589,6 +591,18 @@ def _log_error(exc: BaseException) -> None:
         logger.error("%s", exc)
 
 
+def _as_flags(argv: list[str]) -> list[str]:
+    """``ARGS.json [--flag …]`` as one flag list (``--output_dir`` may be in the file)."""
+    from qa_train.args import read_config
+    from qa_train.train_config import as_flags
+
+    try:
+        config, rest, _ = read_config(argv)
+    except UsageError:
+        return argv
+    return [*as_flags(config), *rest]
+
+
 def main(argv: list[str]) -> int:
     """Exit 0 on success; 2 with one ``error:`` line for bad input/flags; 3 when object storage fails; 143
     after a SIGTERM (with a ``SIGTERM: …`` line saying whether a checkpoint was saved and committed)."""
@@ -612,7 +626,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a full disk (any writer's wording): one line naming folder and space, exit 1
         from qa_train.disk_full import EXIT_DISK_FULL, disk_full_line
 
-        line = disk_full_line(exc, argv)
+        line = disk_full_line(exc, _as_flags(argv))
         if line is None:
             raise
         _log_error(line)

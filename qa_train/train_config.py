@@ -5,22 +5,22 @@ into ONE dict of argument-dataclass field names (``qa_train.args``: ModelArgumen
 TrainingArguments, SyncArguments) and writes it as a JSON file that ``python -m qa_train train ARGS.json``
 reads with HfArgumentParser — the HF examples' convention. Every ``training:`` field passes through under its
 own name, so a hyperparameter added to ``TrainingSpec`` reaches TrainingArguments with no further edit; only
-the few names below differ. Standard library + the spec: the container's ``run`` builds this without torch.
+LoRA's names and the plan's per-GPU choices are looked up below. Standard library + the spec: the container's ``run`` builds this without torch.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from qa_train.contract import TB
-from qa_train.fsutil import atomic_write_json
+from qa_train.fsutil import atomic_write_text
 from qa_train.spec import JobSpec, Plan
 
 TRAIN_ARGS_NAME = "train_args.json"  # beside ds_config.json in the run folder
 
-# training.<spec name> -> argument name, where the spec keeps the original README's spelling
-RENAMED = {"evaluation_strategy": "eval_strategy"}
 # lora.<spec name> -> argument name
 LORA_RENAMED = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
 # Decided per GPU by the launcher's plan (launch/render.py), which starts from the spec's values
@@ -42,10 +42,12 @@ def train_args(job: JobSpec, plan: Plan) -> dict[str, Any]:
         "output_dir": out,
         "run_name": job.run_name,
     }
-    args.update({RENAMED.get(k, k): v for k, v in job.training.model_dump().items()})
+    # every training field under its own name (evaluation_strategy: the README's spelling, which the train
+    # parser still takes for eval_strategy)
+    args.update(job.training.model_dump())
     args.update({k: getattr(plan, k) for k in FROM_PLAN})
     if not job.data.validation_path:  # nothing to evaluate on
-        args["eval_strategy"] = "no"
+        args["evaluation_strategy"] = "no"
     if "tensorboard" in job.training.report_to:  # a fixed folder, so train can sync it under <run>/tb/
         args["logging_dir"] = f"{out}/{TB}"
     if job.use_lora:
@@ -60,12 +62,28 @@ def train_args_path(job: JobSpec) -> str:
     return f"{job.run_dir()}/{TRAIN_ARGS_NAME}"
 
 
+def train_args_file(job: JobSpec, plan: Plan) -> tuple[str, str]:
+    """(path, JSON text) of the train stage's arguments file: the stage writes it just before train runs."""
+    return train_args_path(job), json.dumps(train_args(job, plan), indent=2) + "\n"
+
+
 def write_train_args(job: JobSpec, plan: Plan, path: str | Path | None = None) -> Path:
     """Write ``train_args(job, plan)`` as JSON (atomically: a relaunch never reads half a file)."""
-    target = Path(path or train_args_path(job))
+    default, text = train_args_file(job, plan)
+    target = Path(path or default)
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(target, train_args(job, plan))
+    atomic_write_text(target, text)
     return target
+
+
+def with_flags(argv: list[str], files: Iterable[tuple[str, str]]) -> list[str]:
+    """``argv`` with each arguments file it names (``files``: (path, JSON text), as a stage step carries them)
+    shown as the same arguments in flag form: what the command means, for a reader or a test."""
+    texts = dict(files)
+    out: list[str] = []
+    for arg in argv:
+        out += as_flags(json.loads(texts[arg])) if arg in texts else [arg]
+    return out
 
 
 def as_flags(args: dict[str, Any]) -> list[str]:

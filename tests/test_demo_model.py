@@ -101,6 +101,7 @@ def test_demo_job_validates_renders_and_builds_the_demo_stages(tmp_path: Path) -
     from launch.render import render
     from qa_train.entrypoint.stages import build_stages
     from qa_train.spec import load_job
+    from qa_train.train_config import with_flags
 
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_", "VAST_", "RUNPOD_", "QA_"))
@@ -118,7 +119,8 @@ def test_demo_job_validates_renders_and_builds_the_demo_stages(tmp_path: Path) -
     demo_dir = f"{r.job.run_dir()}/demo-model"
     assert train.commands[0][-2:] == ["make-demo-model", demo_dir]
     assert train.steps[0].skip_if == f"{demo_dir}/{MARKER}"  # a relaunch reuses the finished model
-    assert train.commands[1][train.commands[1].index("--model_name_or_path") + 1] == demo_dir
+    flags = with_flags(train.steps[1].argv, train.steps[1].files)  # its train arguments file, as flags
+    assert flags[flags.index("--model_name_or_path") + 1] == demo_dir
     assert merge.commands[0][merge.commands[0].index("--pretrained_path") + 1] == demo_dir
     base, tuned, compare = ev.commands
     assert base[base.index("--model_path") + 1] == demo_dir

@@ -131,6 +131,7 @@ def test_run_builds_the_train_stage_as_torchrun_on_a_node_of_a_group(
     from qa_train.entrypoint.flags import default_plan
     from qa_train.entrypoint.stages import build_stages
     from qa_train.spec import parse_job
+    from qa_train.train_config import with_flags
 
     job = parse_job({"run_name": "r", "model": {"name_or_path": "/m"}, "data": {"train_path": "/d.json"},
                      "stages": ["train"]})  # fmt: skip
@@ -142,7 +143,8 @@ def test_run_builds_the_train_stage_as_torchrun_on_a_node_of_a_group(
     }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)
-    cmd = build_stages(job, default_plan(job))[0].commands[-1]
+    step = build_stages(job, default_plan(job))[0].steps[-1]
+    cmd = with_flags(step.argv, step.files)  # its train arguments file, as flags
     i = cmd.index("torch.distributed.run")
     assert cmd[:2] == ["env", "NCCL_SOCKET_IFNAME=ens1"]
     assert cmd[i + 1 : i + 11] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.65.0.2",

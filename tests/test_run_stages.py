@@ -13,6 +13,7 @@ import pytest
 from launch.render import render
 from qa_train.entrypoint.stages import build_stages
 from qa_train.spec import parse_job
+from qa_train.train_config import with_flags
 
 REPO = Path(__file__).resolve().parent.parent
 README_FLAGS = (
@@ -37,11 +38,16 @@ def _opt(cmd: list[str], flag: str) -> str:
     return cmd[cmd.index(flag) + 1]
 
 
+def _argv(step) -> list[str]:
+    """The step's command with its train arguments file shown as the same flags."""
+    return with_flags(step.argv, step.files)
+
+
 def test_full_job_on_a6000_uses_deepspeed_with_the_readme_flags():
     r = render(mistral(), "a6000")
     stages = build_stages(r.job, r.plan, "/runs/r/ds_config.json")
     assert [s.name for s in stages] == ["train", "eval"]
-    (train,) = stages[0].commands
+    (train,) = [_argv(s) for s in stages[0].steps]
     assert Path(train[0]).name == "deepspeed" or train[1:3] == ["-m", "deepspeed.launcher.runner"]
     i = train.index("--num_gpus")
     assert train[i : i + 5] == ["--num_gpus", "1", "--module", "qa_train", "train"]
@@ -79,7 +85,9 @@ def test_lora_job_merges_the_train_output_then_evaluates_the_merge():
     r = render(mistral(use_lora=True, lora={"r": 8, "alpha": 16, "dropout": 0.0}, eval={"limit": 8}), "a100")
     train, merge, ev = build_stages(r.job, r.plan)
     assert train.commands[0][1:4] == ["-m", "qa_train", "train"]
-    assert _opt(train.commands[0], "--lora_r") == "8" and _opt(train.commands[0], "--use_lora") == "True"
+    assert (
+        _opt(_argv(train.steps[0]), "--lora_r") == "8" and _opt(_argv(train.steps[0]), "--use_lora") == "True"
+    )
     m = merge.commands[0]
     assert m[1:4] == ["-m", "qa_train", "merge"]
     assert (_opt(m, "--save_folder"), _opt(m, "--pretrained_path"), _opt(m, "--checkpoint")) == (

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from pydantic import Field
 
-from qa_train.args import parse_train_args
+from qa_train.args import FIELD_ALIASES, parse_train_args
 from qa_train.bounds import BOUNDS, Bound, spec_bounds
 from qa_train.fsutil import UsageError
 from qa_train.spec import JobSpec, LoraSpec, SpecError, TrainingSpec, load_job, parse_job, training_mode
 from qa_train.train import split_trackers
-from qa_train.train_config import FROM_PLAN, LORA_RENAMED, RENAMED, as_flags, train_args, write_train_args
+from qa_train.train_config import FROM_PLAN, LORA_RENAMED, as_flags, train_args, write_train_args
 
 
 def _job(tmp_path: Path, **kw: Any) -> JobSpec:
@@ -88,7 +88,7 @@ def test_the_default_job_arrives_with_the_original_readme_values(tmp_path):
 
 def test_every_training_field_arrives_under_its_name_without_a_mapping_entry(tmp_path):
     """Each ``training:`` field set to a non-default value is found in the parsed arguments: the mapping is
-    generic (model_dump), only RENAMED / FROM_PLAN names differ. A new spec field that no argument takes fails
+    generic (model_dump), only the parser's FIELD_ALIASES (the README's evaluation_strategy) and FROM_PLAN differ. A new spec field that no argument takes fails
     here (the train parser refuses an unknown key)."""
     changed = {"num_train_epochs": 3.5, "per_device_train_batch_size": 5, "per_device_eval_batch_size": 6,
                "gradient_accumulation_steps": 2, "eval_accumulation_steps": 3, "evaluation_strategy": "epoch",
@@ -101,7 +101,7 @@ def test_every_training_field_arrives_under_its_name_without_a_mapping_entry(tmp
     job = _job(tmp_path, training=changed)
     _, _, train, _ = _parsed(job)
     for name, value in changed.items():
-        got = getattr(train, RENAMED.get(name, name))
+        got = getattr(train, FIELD_ALIASES.get(name, name))
         got = [got] if name == "report_to" and isinstance(got, str) else got
         assert got == value or str(got) == f"IntervalStrategy.{value.upper()}" or str(got) == value, name
     lora = _parsed(_job(tmp_path, use_lora=True, lora={"r": 4, "alpha": 8, "dropout": 0.2}))[2]
@@ -199,3 +199,21 @@ def test_one_mode_string_and_no_unused_eval_model():
 
     job = load_job("jobs/mistral-qa-qlora.yaml")
     assert mode_of(job) == job.mode() == "qlora"
+
+
+def test_the_train_stage_writes_its_arguments_file_and_train_reads_it(tmp_path, capfd):
+    """Through the real stage runner and a real ``python -m qa_train train`` process: the step writes
+    ``<run>/train_args.json`` just before it runs and train reads its values from it (here the base model path,
+    which it refuses by name before loading anything)."""
+    from qa_train.entrypoint.stages import build_stages
+    from qa_train.entrypoint.supervisor import run_steps
+
+    job = _job(tmp_path, model={"name_or_path": str(tmp_path / "no-such-model")}, stages=["train"])
+    (train,) = build_stages(job, _plan(job))
+    path = Path(job.run_dir()) / "train_args.json"
+    assert train.commands == [[*train.commands[0][:3], "train", str(path)]]
+    assert not path.exists()  # building the stages writes nothing
+    assert run_steps(train) == 2
+    assert json.loads(path.read_text()) == train_args(job, _plan(job))
+    err = capfd.readouterr().err
+    assert "error: --model_name_or_path" in err and "no-such-model" in err

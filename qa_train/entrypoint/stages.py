@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 from qa_train.contract import FINAL, MERGED, STAGE_OUTPUTS
 from qa_train.entrypoint.commands import deepspeed_cmd, eval_python, qa_train_cmd, torchrun_cmd
-from qa_train.entrypoint.flags import train_flags
 from qa_train.nodes import NodeEnv, detect, group_train_command
 from qa_train.spec import JobSpec, Plan
+from qa_train.train_config import train_args_file
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class Step:
 
     argv: list[str]
     skip_if: str | None = None
+    # (path, text) the command reads, written just before it runs: the train arguments (qa_train/train_config.py)
+    files: tuple[tuple[str, str], ...] = ()
 
 
 class Need(NamedTuple):
@@ -86,25 +88,28 @@ def _demo_model_step(job: JobSpec) -> Step:
     )  # published whole, marker last
 
 
-def _train_argv(job: JobSpec, plan: Plan, ds_config_path: str | None) -> list[str]:
-    """One process, DDP (torchrun), deepspeed, or this node's part of a multi-node group."""
+def _train_argv(plan: Plan, ds_config_path: str | None, args_path: str) -> list[str]:
+    """One process, DDP (torchrun), deepspeed, or this node's part of a multi-node group; each runs
+    ``qa_train train ARGS.json`` (``--deepspeed`` after it)."""
     ds_flags = ["--deepspeed", ds_config_path] if ds_config_path and plan.launcher == "deepspeed" else []
-    group = group_train_command(sys.executable, os.environ, plan.num_gpus, train_flags(job, plan) + ds_flags)
+    args = [args_path, *ds_flags]
+    group = group_train_command(sys.executable, os.environ, plan.num_gpus, args)
     if group is not None:  # one node of a multi-node group (qa_train/nodes.py)
         return group
     if plan.launcher == "deepspeed":
         if not ds_config_path:
             raise ValueError("a deepspeed plan needs the config path")
-        return [*deepspeed_cmd(plan.num_gpus), *train_flags(job, plan), "--deepspeed", ds_config_path]
+        return [*deepspeed_cmd(plan.num_gpus), *args]
     if plan.num_gpus > 1:  # DDP (LoRA / QLoRA without ZeRO): one process per GPU
-        return [*torchrun_cmd(plan.num_gpus), *train_flags(job, plan)]
-    return qa_train_cmd("train", *train_flags(job, plan))
+        return [*torchrun_cmd(plan.num_gpus), *args]
+    return qa_train_cmd("train", *args)
 
 
 def train_stage(job: JobSpec, plan: Plan, ds_config_path: str | None) -> Stage:
     steps = [_tiny_model_step(job)] if job.model.make_tiny is not None else []
     steps += [_demo_model_step(job)] if job.model.make_demo is not None else []
-    steps.append(Step(_train_argv(job, plan, ds_config_path)))
+    args_path, args_text = train_args_file(job, plan)
+    steps.append(Step(_train_argv(plan, ds_config_path, args_path), files=((args_path, args_text),)))
     return Stage("train", steps, output=STAGE_OUTPUTS["train"] if job.sync else None)
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from qa_train.entrypoint.stages import Stage
+from qa_train.fsutil import atomic_write_text
 
 
 class Child:
@@ -73,6 +74,9 @@ def run_steps(stage: Stage, only_prep: bool = False) -> int:
             print(f"[run] {step.skip_if} exists; skipping {cmd[3] if len(cmd) > 3 else cmd[0]}",
                   file=sys.stderr, flush=True)  # fmt: skip
             continue
+        for path, text in step.files:  # the train arguments file
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
         code = run_child(step.argv)
         if code != 0:
             return code
