@@ -11,7 +11,8 @@ environment).
 - every node is a pod of the RunPod double (same start/restart/log behaviour) whose container gets the create's
   env plus ``NUM_NODES``, ``NODE_RANK``, ``NODE_ADDR``, ``PRIMARY_ADDR``/``MASTER_ADDR``,
   ``PRIMARY_PORT``/``MASTER_PORT``, ``HOST_NODE_ADDR``, ``NUM_TRAINERS``, ``WORLD_SIZE`` and RunPod's pod
-  variables. ``addresses`` (one per node) default to overlay IPs; a host-network test passes 127.0.0.1s.
+  variables. ``addresses`` (one per node) default to overlay IPs; a host-network test passes 127.0.0.1s and
+  a free ``primary_port`` (RunPod's is 29500; on one shared host network another group may hold it).
 - ``GET /v2/clusters/{id}``: ``pods.byStatus`` in PodStatus words; ``primary`` once node 0 exists.
 - ``DELETE /v2/clusters/{id}``: 204, every node gone; unknown → 404 problem. ``POST /v2/pods/{id}/action``:
   ``stop`` on a cluster node (409 when not valid in its status).
@@ -80,10 +81,13 @@ def create_problems(body: Any) -> list[str]:
 
 
 class RunpodClusterDouble(RunpodDouble):
-    def __init__(self, *args: Any, addresses: list[str] | None = None, **kw: Any):
+    def __init__(
+        self, *args: Any, addresses: list[str] | None = None, primary_port: int | None = None, **kw: Any
+    ):
         super().__init__(*args, **kw)
         self.clusters: dict[str, dict] = {}
         self.addresses = addresses
+        self.primary_port = str(primary_port or PRIMARY_PORT)
         self._cluster_ids = itertools.count(1)
 
     # -- scripting -------------------------------------------------------------------------------------------
@@ -150,8 +154,8 @@ class RunpodClusterDouble(RunpodDouble):
             pod_id = reply.body["data"]["podFindAndDeployOnDemand"]["id"]
             self.pods[pod_id]["_env"].update({
                 "NUM_NODES": str(n), "NODE_RANK": str(rank), "NODE_ADDR": addrs[rank],
-                "PRIMARY_ADDR": addrs[0], "MASTER_ADDR": addrs[0], "PRIMARY_PORT": PRIMARY_PORT,
-                "MASTER_PORT": PRIMARY_PORT, "HOST_NODE_ADDR": f"{addrs[0]}:{PRIMARY_PORT}",
+                "PRIMARY_ADDR": addrs[0], "MASTER_ADDR": addrs[0], "PRIMARY_PORT": self.primary_port,
+                "MASTER_PORT": self.primary_port, "HOST_NODE_ADDR": f"{addrs[0]}:{self.primary_port}",
                 "NUM_TRAINERS": str(per), "WORLD_SIZE": str(n * per),
             })  # fmt: skip
             self.pods[pod_id]["_cluster"] = cid
