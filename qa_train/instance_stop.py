@@ -8,6 +8,10 @@ cloud injects into the instance, scoped to that one instance (checked against th
 * RunPod: ``POST {RUNPOD_REST_URL or https://rest.runpod.io/v1}/pods/{RUNPOD_POD_ID}/stop`` with
   ``Authorization: Bearer {RUNPOD_API_KEY}`` (pods/manage-pods.mdx; RunPod would otherwise restart the
   container forever with ``desiredStatus: RUNNING``).
+* RunPod Instant Clusters (``runpod-cluster``): node 0 stops its own pod the same way, once the group's report is
+  final (the group then reads as stopped and the controller deletes the cluster); another node does not stop its
+  pod after its train stage: a stopped node while node 0 still merges and evaluates is what a lost node looks
+  like, and the controller would relaunch the group.
 
 Stop, not destroy: the controller (or the user) still reads the logs and then destroys it. A failure is one
 warning (never the key) and never changes the run's exit code or report: the controller stops what is left.
@@ -39,6 +43,11 @@ class StopRequest:
 def plan_stop(env: Mapping[str, str]) -> StopRequest | str | None:
     """The request that stops this instance; a sentence when it cannot; None when nothing is to be done."""
     backend = (env.get(ENV_BACKEND) or "").strip().lower()
+    if backend == "runpod-cluster":  # NODE_RANK: RunPod's node variable (instant-clusters/configuration.mdx)
+        rank = (env.get("NODE_RANK") or "0").strip()
+        if rank != "0":
+            return f"node {rank} of a RunPod cluster: node 0 stops its pod once the run is over"
+        backend = "runpod"
     if backend not in ("vast", "runpod"):
         return None
     if env.get(ENV_KEEP_INSTANCE, "").strip() == "1":

@@ -106,6 +106,14 @@ def test_default_hosts_are_the_documented_ones():
     assert (pod.method, pod.url) == ("POST", "https://rest.runpod.io/v1/pods/p/stop")
 
 
+def test_on_a_runpod_cluster_only_node_0_stops_its_pod():
+    """Another node's stop after its train stage would read as a lost node while node 0 still merges."""
+    env = {"QA_BACKEND": "runpod-cluster", "RUNPOD_POD_ID": "p", "RUNPOD_API_KEY": "k"}
+    pod = plan_stop({**env, "NODE_RANK": "0"})
+    assert (pod.method, pod.url) == ("POST", "https://rest.runpod.io/v1/pods/p/stop")
+    assert "node 0 stops" in plan_stop({**env, "NODE_RANK": "1"})
+
+
 def test_keep_instance_local_backend_and_missing_env_send_nothing(api, capsys):
     base = {"CONTAINER_ID": "1", "CONTAINER_API_KEY": KEY, "VAST_API_URL": api.url}
     assert "QA_KEEP_INSTANCE=1" in stop_self({**base, "QA_BACKEND": "vast", "QA_KEEP_INSTANCE": "1"})
