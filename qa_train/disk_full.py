@@ -16,8 +16,10 @@ import re
 import shutil
 from pathlib import Path
 
+from qa_train.contract import ExitCode
+
 logger = logging.getLogger("qa_train.disk_full")
-EXIT_DISK_FULL = 1
+EXIT_DISK_FULL = ExitCode.FAILED
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _SIGNS = ("No space left on device", "StorageFull", "ENOSPC", "Disk quota exceeded")
 LOW_FREE_BYTES = (

@@ -24,22 +24,20 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urljoin, urlparse
 
-from qa_train.contract import hub_endpoint, hub_file_url, input_kind
+from qa_train.contract import ExitCode, hub_endpoint, hub_file_url, input_kind
 from qa_train.fsutil import atomic_path
 from qa_train.storage.uris import split_s3_uri
 
 logger = logging.getLogger("qa_train.inputs")
 ENV_CACHE = "QA_INPUT_CACHE"  # overrides ~/.cache/qa_train/inputs
 ENV_TIMEOUT = "QA_INPUT_TIMEOUT"  # seconds without a byte before a download is given up (default 60)
-EXIT_STORAGE = 3
-EXIT_USAGE = 2
 Expect = Literal["file", "folder", "any"]
 
 
 class InputError(RuntimeError):
     """An input that cannot be fetched; ``exit_code`` 3 (storage/network) or 2 (malformed URI)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_STORAGE):
+    def __init__(self, message: str, exit_code: int = ExitCode.STORAGE):
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -72,7 +70,7 @@ def fetch_input(
     try:
         kind = input_kind(uri_or_path)
     except ValueError as e:
-        raise InputError(f"{what}: {e}", EXIT_USAGE) from None
+        raise InputError(f"{what}: {e}", ExitCode.USAGE) from None
     if kind == "local":
         return uri_or_path
     target = Path(local_path_for(uri_or_path, cache_dir))
@@ -83,7 +81,7 @@ def fetch_input(
         raise InputError(
             f"{what}: {uri_or_path}: a folder cannot be fetched over HTTP; upload it to s3:// "
             "(python launch/submit.py upload-data DIR s3://…) or use a hub model id",
-            EXIT_USAGE,
+            ExitCode.USAGE,
         )
     url = _http_url(uri_or_path, what)
     if target.is_file():
@@ -97,9 +95,9 @@ def _http_url(uri: str, what: str) -> str:
     try:
         url = hub_file_url(uri) if uri.startswith("hf://") else uri
     except ValueError as e:
-        raise InputError(f"{what}: {e}", EXIT_USAGE) from None
+        raise InputError(f"{what}: {e}", ExitCode.USAGE) from None
     if not urlparse(url).netloc:
-        raise InputError(f"{what}: {uri!r} has no host", EXIT_USAGE)
+        raise InputError(f"{what}: {uri!r} has no host", ExitCode.USAGE)
     return url
 
 
@@ -313,14 +311,14 @@ def _fetch_s3(uri: str, target: Path, *, what: str, expect: Expect, progress: bo
     try:
         bucket, key = split_s3_uri(uri)
     except S3UriError as e:
-        raise InputError(f"{what}: {e}", EXIT_USAGE) from None
+        raise InputError(f"{what}: {e}", ExitCode.USAGE) from None
     if (target.is_file() and expect != "folder") or (target.is_dir() and expect != "file"):
         logger.info("%s: using the cached copy of %s (%s)", what, uri, target)
         return str(target)
     try:
         policy = RetryPolicy.uploads()
     except ValueError as e:
-        raise InputError(f"{what}: {e}", EXIT_USAGE) from None
+        raise InputError(f"{what}: {e}", ExitCode.USAGE) from None
     client = make_client(None, policy=policy.with_attempts(3))
     try:
         retrying(lambda: _fetch_s3_once(client, bucket, key, target, uri=uri, what=what, expect=expect,

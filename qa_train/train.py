@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from qa_train.contract import ExitCode
 from qa_train.fsutil import UsageError
 
 logger = logging.getLogger("qa_train.train")
@@ -34,9 +35,6 @@ FINAL_TMP_PREFIX = ".final.tmp-"
 
 class ConfigError(UsageError):
     """Incompatible flags."""
-
-
-EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: what a process killed by SIGTERM reports; never a final outcome
 
 
 class Preempted(Exception):
@@ -613,16 +611,16 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:  # flags, numbers, paths, data files (DataError, RecordError, … are UsageErrors)
         _log_error(exc)
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except SyncError as exc:
         _log_error(exc)
         print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return ExitCode.STORAGE
     except Preempted as exc:
         if str(exc):
             logger.warning("%s", exc)
             print(str(exc), file=sys.stderr, flush=True)
-        return EXIT_SIGTERM
+        return ExitCode.SIGTERM
     except Exception as exc:  # a full disk (any writer's wording): one line naming folder and space, exit 1
         from qa_train.disk_full import EXIT_DISK_FULL, disk_full_line
 

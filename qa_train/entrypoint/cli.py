@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qa_train.contract import ENV_BACKEND
+from qa_train.contract import ENV_BACKEND, ExitCode
 from qa_train.entrypoint.flags import default_plan
 from qa_train.entrypoint.localize import localize
 from qa_train.entrypoint.reporter import Reporter
@@ -59,7 +59,7 @@ def _load(a: argparse.Namespace) -> tuple[JobSpec, Plan, dict[str, Any] | None] 
         spec = load_spec(a.spec_opt or a.spec_path)
     except SpecError as e:
         print(f"error: invalid job spec:\n{e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except SpecFetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -80,7 +80,7 @@ def _stages(job: JobSpec, plan: Plan, ds_path: str | None) -> list[Stage] | int:
         return ([fetch_stage] if fetch_stage else []) + build_stages(local_job, plan, ds_path)
     except NodeEnvError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
 
 def _write_ds_config(plan: Plan, ds: dict[str, Any] | None, ds_path: str | None) -> int:
@@ -89,7 +89,7 @@ def _write_ds_config(plan: Plan, ds: dict[str, Any] | None, ds_path: str | None)
     if ds is None:
         print("error: invalid job spec: plan.launcher is deepspeed but the spec has no deepspeed config",
               file=sys.stderr)  # fmt: skip
-        return 2
+        return ExitCode.USAGE
     Path(ds_path).parent.mkdir(parents=True, exist_ok=True)
     Path(ds_path).write_text(json.dumps(ds, indent=2))
     return 0
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
 
     if driver_error := enforce():
         print(f"error: {driver_error}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     loaded = _load(a)
     if isinstance(loaded, int):
         return loaded

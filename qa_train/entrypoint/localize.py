@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from qa_train.contract import ExitCode
 from qa_train.entrypoint.stages import Stage
 from qa_train.spec import JobSpec
 
@@ -51,11 +52,11 @@ def localize(
     new_job = job.model_copy(update={"data": data, "model": model})
 
     def fetch_all() -> tuple[int, str | None]:
-        from qa_train.inputs import EXIT_USAGE, InputError, fetch_input
+        from qa_train.inputs import InputError, fetch_input
 
         for what, path in absent:
             if not Path(path).exists():
-                return EXIT_USAGE, (
+                return ExitCode.USAGE, (
                     f"{what}: {path} does not exist on this {backend} instance (a cloud host has no /data "
                     "mount): use s3://… (python launch/submit.py upload-data), https://… or hf://datasets/…"
                 )

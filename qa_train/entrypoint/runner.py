@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qa_train.contract import ExitCode
 from qa_train.entrypoint.reporter import Reporter, restore
-from qa_train.entrypoint.spec_input import EXIT_STORAGE
 from qa_train.entrypoint.stages import Stage
 from qa_train.entrypoint.supervisor import run_steps
 
@@ -45,7 +45,7 @@ def _restore_needs(
         try:
             restore(reporter.store, folder, Path(local))
         except Exception as e:  # noqa: BLE001 - one line naming the folder, exit 3 (storage)
-            return EXIT_STORAGE, f"cannot restore {reporter.store.layout.child(folder)}: {e}"
+            return ExitCode.STORAGE, f"cannot restore {reporter.store.layout.child(folder)}: {e}"
     return 0, None
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qa_train.contract import ENV_SPEC, ENV_SPEC_URI
+from qa_train.contract import ENV_SPEC, ENV_SPEC_URI, ExitCode
 from qa_train.spec import JobSpec, RenderedSpec, SpecError, load_any
 from qa_train.storage import RunStore
 
 ENV_VAR = ENV_SPEC
-EXIT_STORAGE = 3
 
 
 class SpecFetchError(Exception):
@@ -33,10 +32,10 @@ def read_spec_uri(uri: str) -> str:
         from qa_train.storage import describe_error
 
         raise SpecFetchError(
-            f"cannot read the job spec {uri}: {describe_error(e, uri)}", EXIT_STORAGE
+            f"cannot read the job spec {uri}: {describe_error(e, uri)}", ExitCode.STORAGE
         ) from None
     if text is None:
-        raise SpecFetchError(f"cannot read the job spec {uri}: no such object", EXIT_STORAGE)
+        raise SpecFetchError(f"cannot read the job spec {uri}: no such object", ExitCode.STORAGE)
     return text
 
 
