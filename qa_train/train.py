@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from qa_train.contract import ExitCode
+from qa_train.contract import TRAIN_SUMMARY_NAME, ExitCode, TrainSummary
 from qa_train.fsutil import UsageError
 
 logger = logging.getLogger("qa_train.train")
@@ -490,24 +490,19 @@ def run(argv: list[str]) -> dict[str, Any]:
     from qa_train.metrics import attach_live_metrics  # metrics.json (live, also to <run>/) + packing.json
 
     attach_live_metrics(trainer, session, training_args, train_data, train_ds, bool(pack_stats))
-    summary: dict[str, Any] = {
-        "model": model_args.model_name_or_path,
-        "mode": training_mode(training_args.use_lora, training_args.qlora),
-        "packing": data_args.packing,
-        "num_samples": len(train_data) if train_data is not None else 0,
-        "num_packs": pack_stats.packs if pack_stats else None,
-        "lower_bound_packs": pack_stats.lower_bound if pack_stats else None,
-        "packing_efficiency": pack_stats.efficiency if pack_stats else None,
-        "train_tokens": 0,
-        "tokens_per_second": None,
-        "train_loss": None,
-        "eval_loss": None,
-        "global_step": 0,
-        "world_size": training_args.world_size,  # data-parallel ranks (all nodes)
-        "resumed_from": session.resumed_from,
-        "tokenized_from": train_data.origin if train_data is not None else None,  # local | remote | built
+    summary = TrainSummary(
+        model=model_args.model_name_or_path,
+        mode=training_mode(training_args.use_lora, training_args.qlora),
+        packing=data_args.packing,
+        num_samples=len(train_data) if train_data is not None else 0,
+        num_packs=pack_stats.packs if pack_stats else None,
+        lower_bound_packs=pack_stats.lower_bound if pack_stats else None,
+        packing_efficiency=pack_stats.efficiency if pack_stats else None,
+        world_size=training_args.world_size,  # data-parallel ranks (all nodes)
+        resumed_from=session.resumed_from,
+        tokenized_from=train_data.origin if train_data is not None else None,  # local | remote | built
         **summary_fields(session.inputs),  # inputs (fingerprints), restarted_data (--restart_data)
-    }
+    )
     final_done = None
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=session.resume_from)
@@ -521,34 +516,33 @@ def run(argv: list[str]) -> dict[str, Any]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(tokens)
         runtime = result.metrics.get("train_runtime") or float("nan")
-        summary.update(
-            train_tokens=int(tokens.item()),
-            tokens_per_second=tokens.item() / runtime if runtime else None,
-            train_loss=None if trainer.finished_on_resume else result.training_loss,
-            global_step=trainer.state.global_step,
-        )
+        summary.train_tokens = int(tokens.item())
+        summary.tokens_per_second = tokens.item() / runtime if runtime else None
+        summary.train_loss = None if trainer.finished_on_resume else result.training_loss
+        summary.global_step = trainer.state.global_step
     if training_args.do_eval:
         metrics = trainer.evaluate()
-        summary["eval_loss"] = metrics.get("eval_loss")
-        summary["eval_tokens"] = metrics.get("eval_tokens")
-    for key in ("train_loss", "eval_loss"):
-        if summary[key] is not None and not math.isfinite(summary[key]):
-            logger.warning("%s is not finite: %s", key, summary[key])
+        summary.eval_loss, summary.eval_tokens = metrics.get("eval_loss"), metrics.get("eval_tokens")
+    for key, value in (("train_loss", summary.train_loss), ("eval_loss", summary.eval_loss)):
+        if value is not None and not math.isfinite(value):
+            logger.warning("%s is not finite: %s", key, value)
     if trainer.is_world_process_zero():
-        atomic_write_json(output_dir / "train_summary.json", summary)
+        atomic_write_json(output_dir / TRAIN_SUMMARY_NAME, summary.to_dict())
         logger.info("Wrote %s", output_dir / "train_summary.json")
         if training_args.do_train:  # last: the folder now holds a finished model (uploaded with it by finish)
-            write_marker(output_dir, "train", mode=summary["mode"], global_step=summary["global_step"])
+            write_marker(output_dir, "train", mode=summary.mode, global_step=summary.global_step)
         if final_done is not None:
             logger.info(
                 "%s is already committed (%d files, every size as in its manifest): not uploaded again",
                 final_done.uri,
                 final_done.num_files,
             )
-        session.finish(output_dir, summary, upload_final=final_done is None, tb_dir=_tensorboard_dir(trainer))
+        session.finish(
+            output_dir, summary.to_dict(), upload_final=final_done is None, tb_dir=_tensorboard_dir(trainer)
+        )
     else:  # another node's local rank 0 of a group: its checkpoint parts (qa_train.sync.group)
         session.finish_part()
-    return summary
+    return summary.to_dict()
 
 
 def split_trackers(report_to: list[str] | None) -> list[str]:

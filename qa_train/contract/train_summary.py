@@ -36,6 +36,8 @@ class TrainSummary:
     world_size: int = 1  # data-parallel ranks that trained (every node's)
     resumed_from: str | None = None  # the checkpoint's URI or path this run resumed from
     tokenized_from: str | None = None  # local | remote | built
+    inputs: dict[str, Any] | None = None  # each data/model input's fingerprint (qa_train.fingerprint)
+    restarted_data: dict[str, Any] | None = None  # --restart_data: what changed and was removed (from step 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
