@@ -184,7 +184,7 @@ def _managed_cluster_run(double: Any, host: DockerHost, s3: Any, image: str, dat
     assert len(host.pulls) == 4 and set(host.pulls) == {image}  # every node of both launches pulled it
 
     report = _report(s3, run_name)
-    assert report is not None and report["state"] == "succeeded", report
+    assert report is not None and report["state"] == "succeeded", _explain(f"report: {report}", host, log)
     assert report["launch"] >= 2 and report["last_committed_step"] == STEPS, report
     g = report["group"]
     assert g["nnodes"] == 2 and g["world_size"] == 2 and g["failed_nodes"] == [], g
