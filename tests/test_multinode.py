@@ -177,6 +177,21 @@ def test_the_node_group_is_read_from_either_launchers_variables(
     assert current_group(env) == (None if group is None else NodeGroup(*group))
 
 
+def test_another_node_rotates_its_own_local_checkpoints(tmp_path: Path) -> None:
+    """The Trainer rotates on world rank 0 only: node k > 0 keeps its newest ``save_total_limit`` itself."""
+    from qa_train.sync.group import prune_local_checkpoints
+
+    for step in (2, 4, 6, 8, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "rng_state_1.pth").write_bytes(b"x")
+    (tmp_path / "sync-pending" / "checkpoint-4").mkdir(parents=True)  # a pending snapshot is not a checkpoint
+    gone = prune_local_checkpoints(tmp_path, 2, protect={"checkpoint-2"})
+    assert gone == ["checkpoint-4", "checkpoint-6"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["checkpoint-10", "checkpoint-2", "checkpoint-8", "sync-pending"]
+    assert (tmp_path / "sync-pending" / "checkpoint-4").is_dir()
+
+
 def test_each_node_uploads_its_part_and_node_0_commits_once_all_are_there(s3, tmp_path: Path) -> None:
     from qa_train.storage import S3Location
     from qa_train.sync.group import (
@@ -297,7 +312,8 @@ def test_two_nodes_without_a_shared_disk_resume_from_storage_with_the_same_losse
         a = base_argv(tiny_llama, records_file, out, 2)
         a[a.index("--max_steps") + 1] = str(steps)
         a[a.index("--save_strategy") + 1] = "steps"
-        return [*a, "--save_steps", "2", "--use_lora", "True", "--sync_to", s3.uri("runs"), "--run_name", run_name]  # fmt: skip
+        return [*a, "--save_steps", "2", "--save_total_limit", "3", "--use_lora", "True", "--sync_to", s3.uri("runs"),
+                "--run_name", run_name]  # fmt: skip
 
     def group(tag: str, run_name: str) -> list[GroupProc]:
         port = next(ports)
@@ -345,6 +361,9 @@ def test_two_nodes_without_a_shared_disk_resume_from_storage_with_the_same_losse
     assert not (tmp_path / "second1" / f"checkpoint-{step}" / "rng_state_0.pth").exists()  # only its own
     losses = step_losses(tmp_path / "second0" / "trainer_state.json")
     assert sorted(losses) == list(range(1, steps + 1))
+    for node in (0, 1):  # node 1 rotates its own checkpoints as the Trainer does node 0's (no shared disk)
+        kept = [p.name for p in (tmp_path / f"second{node}").glob("checkpoint-*")]
+        assert len(kept) <= 3, (node, kept)
     for s in range(step + 1, steps + 1):
         assert losses[s] == pytest.approx(ref_losses[s], rel=LOSS_REL), (s, losses, ref_losses)
     final = {k for k in s3.keys("runs/job/") if k.endswith("/_manifest.json")}

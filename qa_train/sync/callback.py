@@ -313,4 +313,9 @@ class S3SyncCallback(TrainerCallback):
             pending = snapshot(ckpt, Path(args.output_dir) / PENDING_DIR / name)
         logger.info("Queued upload of %s to %s", name, self.uploader.run.child(name).uri)
         self.uploader.submit(name, pending)
+        group = self.uploader.group
+        if group is not None and group.node_rank > 0 and args.save_total_limit:
+            from .group import prune_local_checkpoints
+
+            prune_local_checkpoints(Path(args.output_dir), int(args.save_total_limit), self.uploader.protect)
         return control

@@ -120,6 +120,30 @@ def snapshot_part(src: Path, dest: Path, group: NodeGroup) -> Path:
     return dest
 
 
+def prune_local_checkpoints(output_dir: Path, keep: int, protect: set[str] | None = None) -> list[str]:
+    """Another node's rotation: the Trainer rotates checkpoints on world rank 0 only, so without a shared disk
+    the other nodes' ``checkpoint-*`` folders (their ZeRO shards, RNG states) would pile up until the disk is
+    full. Keeps the newest ``keep`` and ``protect``; returns what went. Pending uploads are hard-linked
+    snapshots under ``sync-pending/``: removing a folder never cuts one."""
+    from .remote import CHECKPOINT_RE
+
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in Path(output_dir).iterdir()
+        if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))
+    )
+    gone = []
+    for _step, path in found[: max(0, len(found) - keep)]:
+        if path.name not in (protect or set()):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path.name)
+    if gone:
+        logger.info(
+            "Removed this node's older local checkpoint(s) %s (save_total_limit %d)", ", ".join(gone), keep
+        )
+    return gone
+
+
 def uncommit(client: Any, dest: S3Location) -> None:
     """Before a save of ``dest``: its manifest and any part manifests (of a launch that died) go, manifest
     first, so nothing of an earlier save can be taken for this one's."""
