@@ -335,7 +335,7 @@ def test_two_nodes_without_a_shared_disk_resume_from_storage_with_the_same_losse
     os.kill(_child_pid(victims[1].p.pid), signal.SIGSTOP)
     assert victims[0].wait_for("qa_train.sync - Committed s3://", timeout=300), victims[0].output[-3000:]
     for v in victims:
-        os.killpg(v.p.pid, signal.SIGKILL)
+        v.kill_tree()  # the torchrun agent and its rank (a session of its own)
     for v in victims:
         v.wait()
         assert v.p.returncode == -signal.SIGKILL, f"finished before the kill:\n{v.output[-3000:]}"

@@ -51,6 +51,36 @@ class GroupProc(Proc):
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
+    def kill_tree(self) -> None:
+        """SIGKILL the group and every process below it, also those in a session of their own (torchrun's
+        agent starts each rank so): a machine that vanishes takes them all; left alive, a rank waits in a
+        collective for ever."""
+        import os
+
+        below = descendants(self.p.pid)
+        os.killpg(self.p.pid, signal.SIGKILL)
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: pid → parent)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, par in parents.items() if par in frontier]
+        found += kids
+        frontier = kids
+    return found
+
 
 def kill_after_first_commit(proc: Proc, client, bucket: str, prefix: str, timeout: float = 300) -> None:
     import os
@@ -59,7 +89,10 @@ def kill_after_first_commit(proc: Proc, client, bucket: str, prefix: str, timeou
     while time.monotonic() < deadline and proc.p.poll() is None:
         listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
         if any(o["Key"].endswith("/_manifest.json") for o in listed):
-            os.killpg(proc.p.pid, signal.SIGKILL)
+            if isinstance(proc, GroupProc):
+                proc.kill_tree()
+            else:
+                os.killpg(proc.p.pid, signal.SIGKILL)
             break
         time.sleep(0.05)
     proc.wait()
