@@ -368,3 +368,36 @@ def test_two_nodes_without_a_shared_disk_resume_from_storage_with_the_same_losse
         assert losses[s] == pytest.approx(ref_losses[s], rel=LOSS_REL), (s, losses, ref_losses)
     final = {k for k in s3.keys("runs/job/") if k.endswith("/_manifest.json")}
     assert f"runs/job/checkpoint-{steps}/_manifest.json" in final and "runs/job/final/_manifest.json" in final
+
+
+@pytest.mark.slow
+def test_zero3_across_two_nodes_trains_like_one_rank_with_accumulation(
+    tmp_path: Path, tiny_llama, records_file
+) -> None:
+    """DeepSpeed ZeRO-3 (full fine-tuning) across two loopback nodes, one rank each, started as ``qa_train run``
+    starts a node (torchrun with static rendezvous, ``--deepspeed`` passed to train): each node holds half of
+    every parameter and optimizer state, yet per-step losses, tokens and final weights equal one rank with
+    gradient accumulation 2 (the same global batch)."""
+    import os
+
+    from tests.test_multirank import _ds_config, _env, assert_same_training, base_argv, run_train
+    from tests.test_resume_exact import GroupProc
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps(_ds_config(3, offload=False)))
+    extra = ["--use_lora", "False", "--deepspeed", str(ds)]
+    run_train(1, "deepspeed", [*base_argv(tiny_llama, records_file, tmp_path / "one", 1), *extra])
+    port = 33000 + os.getpid() % 500
+    nodes = [GroupProc(_node_cmd(k, port, [*base_argv(tiny_llama, records_file, tmp_path / f"node{k}", 2), *extra]),
+                       _env()) for k in (0, 1)]  # fmt: skip
+    try:
+        for p in nodes:
+            assert p.wait(timeout=1200) == 0, p.output[-4000:]
+    finally:
+        for p in nodes:
+            if p.p.poll() is None:
+                p.kill_tree()
+    summary = json.loads((tmp_path / "node0" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2, summary
+    assert "Distributed: rank 0 of 2" in nodes[0].output, nodes[0].output[-3000:]
+    assert_same_training(tmp_path / "one", tmp_path / "node0")
