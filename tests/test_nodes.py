@@ -166,7 +166,8 @@ import os, torch, torch.distributed as dist
 dist.init_process_group("gloo")
 t = torch.tensor([float(dist.get_rank() + 1)])
 dist.all_reduce(t)
-print(f"rank {dist.get_rank()}/{dist.get_world_size()} node {os.environ['GROUP_RANK']} sum {t.item():g}", flush=True)
+line = f"rank {dist.get_rank()}/{dist.get_world_size()} node {os.environ['GROUP_RANK']} sum {t.item():g}\\n"
+os.write(1, line.encode())  # one write: two ranks share the pipe, and print() may split text and newline
 dist.destroy_process_group()
 """
 

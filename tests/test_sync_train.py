@@ -82,17 +82,28 @@ def test_sigkill_then_resume_from_remote_in_fresh_output_dir(s3, tiny_llama, rec
 
     run = S3Location.parse(s3.uri("runs/job"))
     victim = Proc(train_cmd(tiny_llama, records_file, tmp_path / "first", sync_to, "job"), env)
-    deadline = time.monotonic() + 300
-    committed: list[int] = []
+    # Training is faster than uploads here: left running, it can save all three checkpoints before the first
+    # commit. So it is stopped (SIGSTOP; its upload worker is another process and goes on) once checkpoint-2 is
+    # queued, and killed once a checkpoint is committed. Should the stop land between the log line and the
+    # hand-over, nothing commits: the run is let go again and killed on its first commit.
+    assert victim.wait_for("Queued upload of checkpoint-2"), victim.output[-3000:]
+    victim.p.send_signal(signal.SIGSTOP)
     client = s3.client()
-    while time.monotonic() < deadline and victim.p.poll() is None:
-        # One cheap listing per poll: the first manifest is the first commit.
-        listed = client.list_objects_v2(Bucket=s3.bucket, Prefix="runs/job/checkpoint-").get("Contents", [])
-        committed = [o["Key"] for o in listed if o["Key"].endswith("/_manifest.json")]
-        if committed:
-            victim.p.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
+
+    def first_commit(timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and victim.p.poll() is None:
+            listed = client.list_objects_v2(Bucket=s3.bucket, Prefix="runs/job/checkpoint-").get("Contents", [])
+            if found := [o["Key"] for o in listed if o["Key"].endswith("/_manifest.json")]:
+                return found
+            time.sleep(0.05)
+        return []
+
+    committed = first_commit(60)
+    if not committed:
+        victim.p.send_signal(signal.SIGCONT)
+        committed = first_commit(300)
+    victim.p.send_signal(signal.SIGKILL)
     victim.wait()
     assert committed, f"no checkpoint committed before the run ended:\n{victim.output[-3000:]}"
     assert victim.p.returncode == -signal.SIGKILL, "the run finished before it could be killed"
