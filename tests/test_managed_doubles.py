@@ -283,10 +283,11 @@ def test_vast_training_error_fails_without_relaunch(tmp_path, s3, vast):
 
 
 def test_vast_max_cost_stops_the_instance_waits_for_its_checkpoint_then_destroys(tmp_path, s3, vast):
-    """$0.40/h against a $0.001 cap: the warning at 80% (7.2 s), then at the cap (9 s) the documented stop call
+    """An interruptible bid of $0.176/h (the $0.16 min_bid of the $0.40/h offer + 10%) against a $0.0002 cap: the
+    warning at 80% (3.3 s), then at the cap (4.1 s) the documented stop call
     (PUT /instances/{id}/ state=stopped; the host sends the container SIGTERM), the checkpoint the container
     commits on it, the destroy, and STOPPED_BUDGET with that checkpoint named. Nothing is relaunched."""
-    job = Job(tmp_path, s3, "vast", "vb-1", "--max_cost", "0.001")
+    job = Job(tmp_path, s3, "vast", "vb-1", "--max_cost", "0.0002")
     iid = wait_for(lambda: job.state() == "RUNNING" and live_vast(vast), what="instance running")[0]
     job.running(step=2, instance=iid)
     stop = wait_for(lambda: vast.calls("PUT", rf"^/api/v0/instances/{iid}/$"), timeout=30, what="stop call")
@@ -297,10 +298,10 @@ def test_vast_max_cost_stops_the_instance_waits_for_its_checkpoint_then_destroys
     assert job.state() == "STOPPED_BUDGET" and vast.destroyed == [iid] and vast.live_instances() == []
     assert vast_creates(vast) == ["/api/v0/asks/1/"]
     reason = job.reg.last_reason(job.job_id)
-    assert "max_cost $0.0010 reached" in reason and "last committed checkpoint: step 3" in reason, reason
+    assert "max_cost $0.0002 reached" in reason and "last committed checkpoint: step 3" in reason, reason
     assert job.reg.get(job.job_id).last_step == 3
     warnings = [e.reason for e in job.reg.events(job.job_id) if (e.reason or "").startswith("budget warning")]
-    assert len(warnings) == 1 and "of max_cost $0.0010" in warnings[0], warnings
+    assert len(warnings) == 1 and "of max_cost $0.0002" in warnings[0], warnings
 
 
 def test_vast_destroy_answering_success_false_is_retried_and_never_counted(tmp_path, s3, vast):
