@@ -43,6 +43,9 @@ REPO = Path(__file__).resolve().parent.parent
 VAST_KEY = "vast-managed-key-1234"
 RP_KEY = "runpod-managed-key-5678"
 GPU_ID = "NVIDIA RTX A6000"
+# the integration tier: a controller per test against the doubles (~20 s in all)
+pytestmark = pytest.mark.slow
+
 FLAGS = ["--gpu", "a6000", "--interruptible", "--managed", "--poll_s", "0.05", "--backoff_s", "0.05",
          "--capacity_wait_s", "30", "--ready_timeout_s", "600", "--max_restarts", "3"]  # fmt: skip
 

@@ -41,3 +41,22 @@ def test_the_check_finds_a_lazy_import(tmp_path):
         "import json\ndef f():\n    from botocore.exceptions import ClientError\n    import boto3.session\n"
     )
     assert s3_imports(f, tmp_path) == ["x.py:3 botocore.exceptions", "x.py:4 boto3.session"]
+
+
+def test_clients_share_one_parsed_service_model_and_keep_their_own_credentials():
+    """A client per call is cheap: every session reads S3's model through one loader (parsed once), and the
+    loader's search path does not grow with each session; credentials stay per client."""
+    from qa_train.storage.client import _data_loader, make_client
+
+    a = make_client(
+        "http://127.0.0.1:9", credentials={"AWS_ACCESS_KEY_ID": "a-id", "AWS_SECRET_ACCESS_KEY": "a-s"}
+    )
+    b = make_client(
+        "http://127.0.0.1:9", credentials={"AWS_ACCESS_KEY_ID": "b-id", "AWS_SECRET_ACCESS_KEY": "b-s"}
+    )
+    paths = list(_data_loader().search_paths)
+    make_client("http://127.0.0.1:9")
+    assert _data_loader().search_paths == paths and len(set(paths)) == len(paths)
+    assert a.meta.service_model._service_description is b.meta.service_model._service_description
+    assert a._request_signer._credentials.access_key == "a-id"
+    assert b._request_signer._credentials.access_key == "b-id"

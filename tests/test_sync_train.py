@@ -93,7 +93,9 @@ def test_sigkill_then_resume_from_remote_in_fresh_output_dir(s3, tiny_llama, rec
     def first_commit(timeout: float) -> list[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and victim.p.poll() is None:
-            listed = client.list_objects_v2(Bucket=s3.bucket, Prefix="runs/job/checkpoint-").get("Contents", [])
+            listed = client.list_objects_v2(Bucket=s3.bucket, Prefix="runs/job/checkpoint-").get(
+                "Contents", []
+            )
             if found := [o["Key"] for o in listed if o["Key"].endswith("/_manifest.json")]:
                 return found
             time.sleep(0.05)

@@ -45,15 +45,6 @@ def test_key_is_content_addressed_and_follows_every_setting(tmp_path, tokenizer,
     key = cache_key(str(a), tokenizer, 512, True, False)
     # Another folder, name and mtime (a relaunch on another machine): the same key.
     assert cache_key(str(b), tokenizer, 512, True, False) == key
-    # The tokenizer reloaded in another process fingerprints the same (its serialization is deterministic).
-    code = (
-        "import sys; from transformers import AutoTokenizer; from qa_train.data.tokenize import cache_key; "
-        "print(cache_key(sys.argv[1], AutoTokenizer.from_pretrained(sys.argv[2]), 512, True, False))"
-    )
-    other = subprocess.run(
-        [sys.executable, "-c", code, str(b), str(tiny_llama)], cwd=REPO, capture_output=True, text=True
-    )
-    assert other.stdout.strip() == key, other.stderr[-2000:]
     assert cache_key(str(a), tokenizer, 256, True, False) != key
     assert cache_key(str(a), tokenizer, 512, False, False) != key
     assert cache_key(str(a), tokenizer, 512, True, True) != key
@@ -62,6 +53,21 @@ def test_key_is_content_addressed_and_follows_every_setting(tmp_path, tokenizer,
     grown = type(tokenizer).from_pretrained(tiny_llama)
     grown.add_tokens(["<|brand-new|>"])
     assert cache_key(str(a), grown, 512, True, False) != key
+
+
+@pytest.mark.slow  # another Python process importing transformers (~4 s)
+def test_the_key_is_the_same_in_another_process(tmp_path, tokenizer, tiny_llama):
+    """The tokenizer reloaded in another process fingerprints the same (its serialization is deterministic)."""
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(make_records(6, seed=11)))
+    code = (
+        "import sys; from transformers import AutoTokenizer; from qa_train.data.tokenize import cache_key; "
+        "print(cache_key(sys.argv[1], AutoTokenizer.from_pretrained(sys.argv[2]), 512, True, False))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(data), str(tiny_llama)], cwd=REPO, capture_output=True, text=True
+    )
+    assert other.stdout.strip() == cache_key(str(data), tokenizer, 512, True, False), other.stderr[-2000:]
 
 
 def test_remote_cache_roundtrip_and_run_listing(s3, tmp_path, tokenizer):

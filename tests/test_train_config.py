@@ -201,6 +201,7 @@ def test_one_mode_string_and_no_unused_eval_model():
     assert mode_of(job) == job.mode() == "qlora"
 
 
+@pytest.mark.slow  # a real training run (~10 s)
 def test_the_train_stage_writes_its_arguments_file_and_train_reads_it(tmp_path, capfd):
     """Through the real stage runner and a real ``python -m qa_train train`` process: the step writes
     ``<run>/train_args.json`` just before it runs and train reads its values from it (here the base model path,
