@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +89,15 @@ def docker_engine() -> None:
         if os.environ.get("QA_REQUIRE_DOCKER") == "1":
             pytest.fail("QA_REQUIRE_DOCKER=1 but no Docker engine answers `docker info`")
         pytest.skip("no Docker engine (set QA_REQUIRE_DOCKER=1 to make this a failure)")
+
+
+@pytest.fixture
+def docker_host(docker_engine: None) -> Iterator[Any]:
+    """The cloud doubles' machines: real containers (host network, no mounts), removed at the end."""
+    from tests.doubles.docker_host import DockerHost
+
+    h = DockerHost()
+    try:
+        yield h
+    finally:
+        h.cleanup()

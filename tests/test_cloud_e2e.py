@@ -127,29 +127,20 @@ class Cloud:
         return bool(stop) and self.double.pods[iid]["desiredStatus"] == "EXITED"
 
 
-@pytest.fixture
-def host(docker_engine) -> Iterator[DockerHost]:
-    h = DockerHost()
-    try:
-        yield h
-    finally:
-        h.cleanup()
-
-
 @pytest.fixture(params=["vast", "runpod"])
-def cloud(request, host: DockerHost) -> Iterator[Cloud]:
+def cloud(request, docker_host: DockerHost) -> Iterator[Cloud]:
     if request.param == "vast":
         from tests.doubles.vast_api import VastDouble, make_offer
 
         offers = [make_offer(4101, dph_total=0.40, machine_id=51), make_offer(4102, dph_total=0.45, machine_id=52),
                   make_offer(4103, dph_total=0.55, machine_id=53)]  # fmt: skip
-        double = VastDouble(offers=offers, start_polls=1, host=host).start()
+        double = VastDouble(offers=offers, start_polls=1, host=docker_host).start()
         env = {"VAST_API_URL": double.url, "VAST_API_KEY": double.api_key}
     else:
         from tests.doubles.runpod_api import RunpodDouble, make_gpu_type
 
         double = RunpodDouble(gpu_types=[make_gpu_type("NVIDIA RTX A6000", 0.49, spot=0.25)], start_polls=1,
-                              host=host).start()  # fmt: skip
+                              host=docker_host).start()  # fmt: skip
         env = {"RUNPOD_API_URL": f"{double.url}/graphql", "RUNPOD_API_KEY": double.api_key}
     try:
         yield Cloud(request.param, double, env)
@@ -217,17 +208,22 @@ def _assert_results(s3: S3Bucket, run_name: str) -> dict[str, Any]:
     return report
 
 
-def _explain(what: str, cloud: Cloud, host: DockerHost, log: Path | None = None) -> str:
+def _explain(what: str, cloud: Cloud, docker_host: DockerHost, log: Path | None = None) -> str:
     out = [what]
     if log is not None and log.exists():
         out.append("--- launcher ---\n" + log.read_text(errors="replace")[-4000:])
-    for iid in list(host.containers):
-        out.append(f"--- {cloud.name} instance {iid} ({host.state(iid)}) ---\n" + host.logs(iid)[-2500:])
+    for iid in list(docker_host.containers):
+        out.append(
+            f"--- {cloud.name} instance {iid} ({docker_host.state(iid)}) ---\n"
+            + docker_host.logs(iid)[-2500:]
+        )
     return "\n".join(out)
 
 
 # -- (a) managed, preempted once ------------------------------------------------------------------------------
-def test_managed_interruptible_job_survives_a_preemption(cloud, host, s3, private_image, data_uris, tmp_path):
+def test_managed_interruptible_job_survives_a_preemption(
+    cloud, docker_host, s3, private_image, data_uris, tmp_path
+):
     image, creds = private_image
     run_name = f"e2e-{cloud.name}-managed-{uuid.uuid4().hex[:6]}"
     job_id = f"{cloud.name}-m-{uuid.uuid4().hex[:8]}"
@@ -247,7 +243,7 @@ def test_managed_interruptible_job_survives_a_preemption(cloud, host, s3, privat
     try:
         while ctl.poll() is None:
             assert time.monotonic() - t0 < RUN_TIMEOUT_S, _explain(
-                "managed job did not end in time", cloud, host, log
+                "managed job did not end in time", cloud, docker_host, log
             )
             if preempted is None:
                 steps = _committed_steps(s3, run_name)
@@ -260,9 +256,9 @@ def test_managed_interruptible_job_survives_a_preemption(cloud, host, s3, privat
     finally:
         if ctl.poll() is None:
             ctl.kill()
-    assert ctl.returncode == 0, _explain(f"controller exit {ctl.returncode}", cloud, host, log)
+    assert ctl.returncode == 0, _explain(f"controller exit {ctl.returncode}", cloud, docker_host, log)
     assert preempted is not None, _explain(
-        "the job ended before its first committed checkpoint", cloud, host, log
+        "the job ended before its first committed checkpoint", cloud, docker_host, log
     )
     assert preempted_at_step is not None and preempted_at_step < MANAGED_STEPS
 
@@ -272,7 +268,9 @@ def test_managed_interruptible_job_survives_a_preemption(cloud, host, s3, privat
     assert len(creates) == 2, [c.raw for c in creates]
     assert len(set(cloud.machines())) == 2, cloud.machines()
     assert cloud.live() == [], f"instances left on the {cloud.name} double: {cloud.live()}"
-    assert len(host.pulls) == 2 and set(host.pulls) == {image}  # each machine pulled the image itself
+    assert len(docker_host.pulls) == 2 and set(docker_host.pulls) == {
+        image
+    }  # each machine pulled the image itself
     # the second container resumed from the checkpoint committed before the preemption
     summary = json.loads(s3.client().get_object(Bucket=s3.bucket,
                                                 Key=f"runs/{run_name}/final/train_summary.json")["Body"].read())  # fmt: skip
@@ -289,7 +287,7 @@ def test_managed_interruptible_job_survives_a_preemption(cloud, host, s3, privat
 
 
 # -- (b) unmanaged: the instance stops itself ------------------------------------------------------------------
-def test_unmanaged_submit_ends_with_the_instance_stopped_by_itself(cloud, host, s3, private_image, data_uris,
+def test_unmanaged_submit_ends_with_the_instance_stopped_by_itself(cloud, docker_host, s3, private_image, data_uris,
                                                                     tmp_path):  # fmt: skip
     image, creds = private_image
     run_name = f"e2e-{cloud.name}-once-{uuid.uuid4().hex[:6]}"
@@ -305,13 +303,13 @@ def test_unmanaged_submit_ends_with_the_instance_stopped_by_itself(cloud, host, 
     assert cloud.live() == [iid]
     while not (cloud.stopped_by_itself(iid) and (_report(s3, run_name) or {}).get("state") == "succeeded"):
         assert time.monotonic() - t0 < RUN_TIMEOUT_S, _explain(
-            "the instance did not stop itself", cloud, host
+            "the instance did not stop itself", cloud, docker_host
         )
         time.sleep(1)
     _assert_results(s3, run_name)
     # the cloud's stop ends the container (SIGTERM while `run` waits for it: exit 143), as on a real host
-    assert host.state(iid) == "exited", _explain("container", cloud, host)
-    assert '"ok": true' in host.logs(iid)
+    assert docker_host.state(iid) == "exited", _explain("container", cloud, docker_host)
+    assert '"ok": true' in docker_host.logs(iid)
 
     # quickstart "watch" and "fetch results"
     logs = _ok(_cli(["logs", job_id, "--follow=False"], env)).stdout

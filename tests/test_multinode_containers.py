@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +51,6 @@ GPU = "a6000"  # 1 "GPU" per node in the rendered plan → one rank per containe
 STEPS = 40  # long enough that the kill lands between the first committed checkpoint and the end
 LOSS_REL = 1e-4
 RUN_TIMEOUT_S = 420
-
-
-@pytest.fixture
-def nodes_host(docker_engine) -> Iterator[DockerHost]:
-    """The cluster double's machines: real containers, host network, no mounts (removed at the end)."""
-    h = DockerHost()
-    try:
-        yield h
-    finally:
-        h.cleanup()
 
 
 @pytest.fixture
@@ -123,16 +112,16 @@ def _explain(what: str, host: DockerHost, log: Path | None = None) -> str:
 
 # -- (a) RunPod Instant Clusters, managed, one node killed ----------------------------------------------------
 def test_runpod_cluster_of_two_containers_resumes_after_a_node_dies_with_the_losses_of_one_node(
-    nodes_host, s3, registry_cpu_image, job_data, tmp_path
+    docker_host, s3, registry_cpu_image, job_data, tmp_path
 ):
     from tests.doubles.runpod_api import make_gpu_type
     from tests.doubles.runpod_clusters import RunpodClusterDouble
 
     (port,) = free_ports(1)
-    double = RunpodClusterDouble(gpu_types=[make_gpu_type("NVIDIA RTX A6000", 0.49)], start_polls=1, host=nodes_host,
+    double = RunpodClusterDouble(gpu_types=[make_gpu_type("NVIDIA RTX A6000", 0.49)], start_polls=1, host=docker_host,
                                  addresses=["127.0.0.1", "127.0.0.1"], primary_port=port).start()  # fmt: skip
     try:
-        _managed_cluster_run(double, nodes_host, s3, registry_cpu_image, job_data, tmp_path)
+        _managed_cluster_run(double, docker_host, s3, registry_cpu_image, job_data, tmp_path)
     finally:
         double.stop()
 
