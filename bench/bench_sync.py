@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from qa_train.sync.storage import S3Location, make_client  # noqa: E402
+from qa_train.storage import S3Location, make_client  # noqa: E402
 from qa_train.sync.transfer import push_directory  # noqa: E402
 from tests.fixtures_s3 import start_seaweedfs  # noqa: E402
 

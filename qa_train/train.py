@@ -598,7 +598,7 @@ def _as_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     """Exit 0 on success; 2 with one ``error:`` line for bad input/flags; 3 when object storage fails; 143
     after a SIGTERM (with a ``SIGTERM: …`` line saying whether a checkpoint was saved and committed)."""
-    from qa_train.sync import SyncError
+    from qa_train.sync import StorageError
 
     try:
         run(argv)
@@ -606,7 +606,7 @@ def main(argv: list[str]) -> int:
         _log_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except SyncError as exc:
+    except StorageError as exc:
         _log_error(exc)
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.STORAGE

@@ -190,8 +190,8 @@ def _report(s3: S3Bucket, run_name: str) -> dict[str, Any] | None:
 
 
 def _committed_steps(s3: S3Bucket, run_name: str) -> list[int]:
+    from qa_train.storage import S3Location
     from qa_train.sync.remote import committed_checkpoints
-    from qa_train.sync.storage import S3Location
 
     return [f.step for f in committed_checkpoints(s3.client(), S3Location.parse(s3.uri(f"runs/{run_name}")))]
 

@@ -49,8 +49,8 @@ def _containers(job_id: str) -> list:
 
 
 def _committed_steps(s3, run_uri: str) -> list[int]:
+    from qa_train.storage import S3Location
     from qa_train.sync.remote import committed_checkpoints
-    from qa_train.sync.storage import S3Location
 
     return [f.step for f in committed_checkpoints(s3.client(), S3Location.parse(run_uri))]
 

@@ -254,7 +254,7 @@ def test_each_node_uploads_its_part_and_node_0_commits_once_all_are_there(s3, tm
 
 def test_a_one_node_resume_of_a_two_node_checkpoint_is_refused(s3, tmp_path: Path) -> None:
     from qa_train.storage import S3Location
-    from qa_train.sync import SyncError
+    from qa_train.sync import StorageError
     from qa_train.sync.group import NodeGroup, commit_when_complete, snapshot_part, upload_part
     from qa_train.sync.resume import find_resume_point
 
@@ -266,7 +266,7 @@ def test_a_one_node_resume_of_a_two_node_checkpoint_is_refused(s3, tmp_path: Pat
     )
     upload_part(client, snapshot_part(_node_ckpt(tmp_path / "b", 1), tmp_path / "s1" / "c", g1), dest, g1)
     commit_when_complete(client, dest, g0, own, timeout_s=5)
-    with pytest.raises(SyncError, match=r"saved by 2 nodes, 2 ranks but this run has 1 node: resume on 2"):
+    with pytest.raises(StorageError, match=r"saved by 2 nodes, 2 ranks but this run has 1 node: resume on 2"):
         find_resume_point(client, run, tmp_path / "one", progress=False)
     assert not (tmp_path / "one" / "checkpoint-2").exists()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from qa_train.storage import S3Location
 from qa_train.sync.manifest import FileEntry, Manifest
 from qa_train.sync.remote import apply_retention, list_run
-from qa_train.sync.storage import S3Location
 from tests.test_sync_train import Proc
 
 pytest_plugins = ["tests.fixtures_images"]

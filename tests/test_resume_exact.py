@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from qa_train.storage import S3Location
 from qa_train.sync.remote import list_run
-from qa_train.sync.storage import S3Location
 from tests.test_sync_train import Proc, step_losses
 
 pytestmark = pytest.mark.slow

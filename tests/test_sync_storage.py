@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from qa_train.storage import S3Location, make_client
 from qa_train.sync import (
     StorageAccessError,
+    StorageError,
     SyncArguments,
-    SyncError,
     run_name_for,
     start_sync,
     upload_directory,
@@ -21,7 +22,6 @@ from qa_train.sync.callback import BackgroundUploader
 from qa_train.sync.cli import main as sync_main
 from qa_train.sync.remote import list_run, newest_committed
 from qa_train.sync.resume import find_resume_point
-from qa_train.sync.storage import S3Location, make_client
 from qa_train.sync.transfer import push_directory
 
 
@@ -164,9 +164,9 @@ def test_missing_bucket_and_unreachable_endpoint_fail_at_start(s3, tmp_path, mon
 
 
 def test_bad_uri_and_resume_path_are_clear_errors(tmp_path):
-    with pytest.raises(SyncError, match="expected an s3://"):
+    with pytest.raises(StorageError, match="expected an s3://"):
         start_sync(SyncArguments(sync_to="bucket/prefix"), _args(tmp_path))
-    with pytest.raises(SyncError, match="no such checkpoint folder"):
+    with pytest.raises(StorageError, match="no such checkpoint folder"):
         start_sync(SyncArguments(resume=str(tmp_path / "nope")), _args(tmp_path))
 
 
@@ -182,7 +182,7 @@ def test_upload_directory_for_merged_and_eval(s3, tmp_path):
     assert uri == s3.uri("jobs/run-3/merged")
     folders = {f.name: f for f in list_run(make_client(), S3Location.parse(s3.uri("jobs/run-3")))}
     assert folders["merged"].committed and folders["merged"].num_files == 2
-    with pytest.raises(SyncError, match="not a directory"):
+    with pytest.raises(StorageError, match="not a directory"):
         upload_directory(s3.uri("jobs"), "run-3", "eval", tmp_path / "missing")
 
 
@@ -202,7 +202,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_older_one(s3, tmp_path, caplog)
     client.put_object(
         Bucket=s3.bucket, Key=run.child("checkpoint-2").key("optimizer.pt"), Body=b"\x01" * 1000
     )
-    with pytest.raises(SyncError, match="no usable checkpoint.*checkpoint-4.*checkpoint-2"):
+    with pytest.raises(StorageError, match="no usable checkpoint.*checkpoint-4.*checkpoint-2"):
         find_resume_point(client, run, tmp_path / "out2", progress=False)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from qa_train.storage import S3Location
 from qa_train.sync.remote import list_run
-from qa_train.sync.storage import S3Location
 from tests.conftest import REPO
 from tests.fixtures_s3 import TcpProxy
 

@@ -17,9 +17,8 @@ import pytest
 
 from qa_train.contract import RunLayout
 from qa_train.data.tokenize import cache_identity, cache_key, load_tokenized
-from qa_train.storage import RunStore
+from qa_train.storage import RunStore, S3Location
 from qa_train.sync.remote import apply_retention, list_run
-from qa_train.sync.storage import S3Location
 from qa_train.sync.tokenized import DATA_NAME, KEY_NAME, RemoteTokenCache
 from qa_train.sync.transfer import push_directory
 from tests.conftest import REPO, make_records
@@ -148,7 +147,7 @@ def test_bad_remote_copy_is_ignored_with_a_warning_and_rebuilt(s3, tmp_path, tok
 
 
 def test_unreachable_storage_only_warns(tmp_path, tokenizer, caplog):
-    from qa_train.sync.storage import make_client
+    from qa_train.storage import make_client
     from tests.fixtures_s3 import free_ports
 
     client = make_client(f"http://127.0.0.1:{free_ports(1)[0]}", max_attempts=1)

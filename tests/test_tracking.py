@@ -17,8 +17,8 @@ from launch.render import render
 from qa_train.contract import TB
 from qa_train.entrypoint.flags import default_plan, train_flags
 from qa_train.spec import SpecError, parse_job
+from qa_train.storage import S3Location, make_client
 from qa_train.sync import SyncSession
-from qa_train.sync.storage import S3Location, make_client
 from qa_train.sync.tb_push import TensorBoardPusher
 from tests.conftest import REPO
 from tests.fixtures_s3 import free_ports

@@ -266,8 +266,8 @@ class Reporter:
         Storage that cannot be read now also runs the stage again."""
         if self.store is None:
             return done
+        from qa_train.storage import S3Location
         from qa_train.sync.manifest import verify_remote
-        from qa_train.sync.storage import S3Location
 
         good = set(done)
         for name in [o for o in outputs if o in done]:

@@ -15,7 +15,7 @@ from qa_train.entrypoint.reporter import Reporter, restore
 from qa_train.entrypoint.stages import Stage
 from qa_train.entrypoint.supervisor import run_steps
 
-logger = logging.getLogger("qa_train.run")
+logger = logging.getLogger("qa_train.entrypoint")
 ENV_REPORT_INTERVAL = "QA_REPORT_INTERVAL"  # seconds between committed-step checks during train (default 30)
 
 

@@ -63,7 +63,7 @@ class RetryPolicy:
 
 def retry_seconds(env: dict[str, str] | os._Environ[str] | None = None) -> float:
     """``QA_S3_RETRY_S`` (seconds, ≥ 0), else 600; a value that is not a number is named, not ignored
-    (``StorageSettingError``: a ``SyncError`` for ``train``, a ``ValueError`` for everyone else)."""
+    (``StorageSettingError``: a ``StorageError`` for ``train``, a ``ValueError`` for everyone else)."""
     env = os.environ if env is None else env
     raw = (env.get(ENV_RETRY_S) or "").strip()
     if not raw:

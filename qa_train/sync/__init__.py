@@ -16,22 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qa_train.storage import RetryPolicy, retrying
-
-from .storage import (
+from qa_train.storage import (
+    RetryPolicy,
     S3Location,
     StorageAccessError,
-    SyncError,
+    StorageError,
     check_access,
     describe_error,
     make_client,
     resolve_endpoint,
+    retrying,
 )
 
 __all__ = [
     "StorageAccessError",
     "SyncArguments",
-    "SyncError",
+    "StorageError",
     "SyncSession",
     "run_name_for",
     "start_sync",
@@ -70,7 +70,7 @@ def run_name_for(training_args: Any) -> str:
         name = Path(out).resolve().name
     name = name.strip().strip("/").replace("/", "-")
     if not name:
-        raise SyncError("cannot derive a run name: pass --run_name")
+        raise StorageError("cannot derive a run name: pass --run_name")
     return name
 
 
@@ -95,8 +95,8 @@ class SyncSession:
         failed = self.uploader.settle()
         self.uploader.close()
         if failed:
-            raise SyncError(f"{len(failed)} checkpoint part upload(s) to {self.run.uri if self.run else '?'} "
-                            "failed: " + "; ".join(f"{f.name}: {f.error}" for f in failed))  # fmt: skip
+            raise StorageError(f"{len(failed)} checkpoint part upload(s) to {self.run.uri if self.run else '?'} "
+                               "failed: " + "; ".join(f"{f.name}: {f.error}" for f in failed))  # fmt: skip
 
     def committed_final(self) -> Any:
         """The run's ``final/`` folder when it is committed and every file matches its manifest's size and
@@ -143,7 +143,7 @@ class SyncSession:
         pusher.close()
         try:
             pusher.push()
-        except Exception as exc:  # SyncError or a botocore error: keep training's outcome as it is
+        except Exception as exc:  # StorageError or a botocore error: keep training's outcome as it is
             logger.warning(
                 "TensorBoard logs not uploaded to %s (kept at %s): %s", pusher.dest.uri, tb_dir, exc
             )
@@ -193,11 +193,11 @@ class SyncSession:
                     f"upload of {final.uri}",
                 )
                 logger.info("Uploaded final model and train_summary.json to %s", final.uri)
-        except SyncError as exc:
+        except StorageError as exc:
             problems.append(f"final (local copy at {output_dir}): {exc}")
         self.uploader.close()
         if problems:
-            raise SyncError(f"{len(problems)} upload(s) to {self.run.uri} failed: " + "; ".join(problems))
+            raise StorageError(f"{len(problems)} upload(s) to {self.run.uri} failed: " + "; ".join(problems))
 
 
 def _is_world_zero(training_args: Any) -> bool:
@@ -347,7 +347,7 @@ def _resolve_resume(session: SyncSession, resume: str, sync_args: SyncArguments,
     else:
         path = Path(resume)
         if not path.is_dir():
-            raise SyncError(
+            raise StorageError(
                 f"--resume {resume!r}: no such checkpoint folder (use auto, never, a path or s3://…)"
             )
         from .resume import TRAINER_STATE, incomplete_reason
@@ -357,7 +357,7 @@ def _resolve_resume(session: SyncSession, resume: str, sync_args: SyncArguments,
             try:  # a checkpoint written elsewhere may lack our marker; a cut-off one has no readable state
                 json.loads((path / TRAINER_STATE).read_text())
             except (OSError, ValueError):
-                raise SyncError(
+                raise StorageError(
                     f"--resume {resume}: an incomplete checkpoint ({why}); pick another"
                 ) from None
             logger.warning("--resume %s: %s; its %s reads, resuming from it", resume, why, TRAINER_STATE)

@@ -10,10 +10,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from qa_train.logs import setup_logging
-from qa_train.storage import CredentialValueError, S3Location, check_access, head, make_client, scrub
+from qa_train.storage import (
+    CredentialValueError,
+    S3Location,
+    StorageError,
+    check_access,
+    head,
+    make_client,
+    scrub,
+)
 
 from .manifest import MANIFEST_NAME, ManifestError
-from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 
@@ -65,7 +72,9 @@ def _pull(client: object, loc: S3Location, dest: Path, progress: bool, endpoint_
     if head(client, loc.bucket, loc.key(MANIFEST_NAME)) is None:
         newest = newest_committed(client, loc)
         if newest is None:
-            raise SyncError(f"{loc.uri} is neither a committed folder nor a run with a committed checkpoint")
+            raise StorageError(
+                f"{loc.uri} is neither a committed folder nor a run with a committed checkpoint"
+            )
         logger.info("Pulling newest committed checkpoint %s", newest.uri)
         loc = S3Location.parse(newest.uri)
     manifest = pull_directory(client, loc, dest, progress=progress, endpoint_url=endpoint_url)
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except CredentialValueError as exc:  # bad input: names the variable, never prints its value
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (SyncError, ManifestError) as exc:
+    except (StorageError, ManifestError) as exc:
         print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return 1
 

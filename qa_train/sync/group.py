@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qa_train.storage import S3Location, Transfers, delete_keys, get_bytes, list_keys, put_bytes
+from qa_train.storage import S3Location, StorageError, Transfers, delete_keys, get_bytes, list_keys, put_bytes
 
 from .manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError, scan_directory, sha256_file
-from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 PARTS_DIR = "_parts"
@@ -37,7 +36,7 @@ _RANK_FILE = re.compile(
 )
 
 
-class NodeCountError(SyncError):
+class NodeCountError(StorageError):
     """The checkpoint was saved by another node count (or world size) than this run has."""
 
 
@@ -174,7 +173,7 @@ def upload_part(
         entries = [FileEntry(rel, size, sha256_file(path)) for rel, path, size in files]
         result = batch.finish()
     if result.failed:
-        raise SyncError(f"upload of node {group.node_rank}'s part of {dest.uri} failed: {result.error}")
+        raise StorageError(f"upload of node {group.node_rank}'s part of {dest.uri} failed: {result.error}")
     part = Manifest(files=sorted(entries, key=lambda e: e.path), group=group.as_dict())
     put_bytes(client, dest.bucket, dest.key(part_name(group.node_rank)), part.to_json().encode(),
               "application/json")  # fmt: skip
@@ -196,12 +195,12 @@ def commit_when_complete(
                 try:
                     parts[k] = Manifest.from_json(body, dest.child(part_name(k)).uri)
                 except ManifestError as exc:
-                    raise SyncError(str(exc)) from exc
+                    raise StorageError(str(exc)) from exc
         if len(parts) == group.nnodes:
             break
         if time.monotonic() >= deadline:
             missing = [k for k in range(group.nnodes) if k not in parts]
-            raise SyncError(
+            raise StorageError(
                 f"{dest.uri}: node(s) {', '.join(map(str, missing))} did not upload their part within "
                 f"{timeout_s:.0f}s; not committed"
             )
@@ -210,7 +209,7 @@ def commit_when_complete(
     for k in sorted(parts):
         for f in parts[k].files:
             if f.path in files and files[f.path] != f:
-                raise SyncError(f"{dest.uri}/{f.path}: nodes uploaded different copies; not committed")
+                raise StorageError(f"{dest.uri}/{f.path}: nodes uploaded different copies; not committed")
             files[f.path] = f
     manifest = Manifest(files=sorted(files.values(), key=lambda e: e.path), group=group.as_dict())
     put_bytes(client, dest.bucket, dest.key(MANIFEST_NAME), manifest.to_json().encode(), "application/json")
@@ -271,5 +270,5 @@ def resume_point(
                 group.node_rank, len(wanted), len(manifest.files))  # fmt: skip
     pull_directory(client, src, dest, progress=False, endpoint_url=endpoint_url, only=group.needs)
     if not (dest / TRAINER_STATE).is_file():
-        raise SyncError(f"{newest.uri} has no {TRAINER_STATE}: not a Trainer checkpoint")
+        raise StorageError(f"{newest.uri} has no {TRAINER_STATE}: not a Trainer checkpoint")
     return str(dest), newest.uri

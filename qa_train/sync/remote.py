@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qa_train.contract import TOKENIZED
-from qa_train.storage import S3Location, delete_key, delete_keys, list_keys
+from qa_train.storage import S3Location, StorageError, delete_key, delete_keys, list_keys
 
 from .manifest import MANIFEST_NAME, ManifestError
-from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -62,7 +61,7 @@ def list_run(client: Any, run: S3Location) -> list[RemoteFolder]:
                     problem = f"{len(missing)} file(s) missing or wrong size: {', '.join(missing[:3])}"
                 else:
                     committed = True
-            except (SyncError, ManifestError) as exc:
+            except (StorageError, ManifestError) as exc:
                 problem = str(exc)
         data = {k: v for k, v in files.items() if k != MANIFEST_NAME}
         out.append(RemoteFolder(name, loc.uri, committed, sum(data.values()), len(data), problem))

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qa_train.storage import S3Location, StorageError
+
 from .remote import CHECKPOINT_RE, committed_checkpoints
-from .storage import S3Location, SyncError
 from .transfer import pull_directory
 from .worker import HELD_RECORD, PENDING_DIR, hold_record, send_held_record
 
@@ -65,11 +66,11 @@ def download_checkpoint(
 ) -> Path:
     name = src.prefix.rsplit("/", 1)[-1]
     if not CHECKPOINT_RE.match(name):
-        raise SyncError(f"{src.uri} is not a checkpoint-<step> folder")
+        raise StorageError(f"{src.uri} is not a checkpoint-<step> folder")
     dest = output_dir / name
     pull_directory(client, src, dest, progress=progress, endpoint_url=endpoint_url)
     if not (dest / TRAINER_STATE).is_file():
-        raise SyncError(f"{src.uri} has no {TRAINER_STATE}: not a Trainer checkpoint")
+        raise StorageError(f"{src.uri} has no {TRAINER_STATE}: not a Trainer checkpoint")
     return dest
 
 
@@ -116,7 +117,7 @@ def find_resume_point(
             local_dir = download_checkpoint(
                 client, src, output_dir, endpoint_url=endpoint_url, progress=progress
             )
-        except SyncError as exc:
+        except StorageError as exc:
             from .group import NodeCountError
 
             if isinstance(exc, NodeCountError):
@@ -125,7 +126,7 @@ def find_resume_point(
             errors.append(f"{candidate.name}: {exc}")
             continue
         return ResumePoint(str(local_dir), candidate.uri)
-    raise SyncError(f"no usable checkpoint under {run.uri if run else '?'}: " + "; ".join(errors))
+    raise StorageError(f"no usable checkpoint under {run.uri if run else '?'}: " + "; ".join(errors))
 
 
 def _read_remote_record(client: Any, run: S3Location) -> str | None:

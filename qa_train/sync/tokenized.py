@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from qa_train.contract import TOKENIZED
-from qa_train.storage import S3Location, describe_error, list_keys
+from qa_train.storage import S3Location, StorageError, describe_error, list_keys
 
 from .manifest import MANIFEST_NAME, ManifestError
-from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 DATA_NAME = "tokenized.npz"
@@ -28,7 +27,9 @@ KEY_NAME = "key.json"
 
 
 def _why(exc: BaseException, loc: S3Location, endpoint_url: str | None) -> str:
-    return str(exc) if isinstance(exc, SyncError | ManifestError) else describe_error(exc, loc, endpoint_url)
+    return (
+        str(exc) if isinstance(exc, StorageError | ManifestError) else describe_error(exc, loc, endpoint_url)
+    )
 
 
 class RemoteTokenCache:
@@ -79,7 +80,7 @@ class RemoteTokenCache:
             )
             stored = json.loads((tmp / KEY_NAME).read_text()).get("key")
             if stored != key or not (tmp / DATA_NAME).is_file():
-                raise SyncError(f"{loc.uri}: {KEY_NAME} names key {stored!r}, expected {key!r}")
+                raise StorageError(f"{loc.uri}: {KEY_NAME} names key {stored!r}, expected {key!r}")
             os.replace(tmp / DATA_NAME, dest)
         except Exception as exc:  # noqa: BLE001 - corrupt, partial, unreachable: all mean "tokenize here"
             logger.warning(

@@ -17,6 +17,7 @@ from typing import Any
 
 from qa_train.storage import (
     S3Location,
+    StorageError,
     Transfers,
     delete_key,
     delete_keys,
@@ -35,7 +36,6 @@ from .manifest import (
     sha256_file,
     verify_file,
 )
-from .storage import SyncError
 
 logger = logging.getLogger("qa_train.sync")
 
@@ -63,7 +63,7 @@ def push_directory(
     """
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
-        raise SyncError(f"cannot push {local_dir}: not a directory")
+        raise StorageError(f"cannot push {local_dir}: not a directory")
     extra_files = dict(extra_files or {})
     files = [f for f in scan_directory(local_dir) if f[0] not in extra_files]
     if top_level_only:
@@ -74,7 +74,7 @@ def push_directory(
         if manifest_key in existing:  # uncommit first: a half-overwritten folder must never look committed
             delete_key(client, dest.bucket, manifest_key)
     except Exception as exc:  # botocore errors: describe and stop before uploading anything
-        raise SyncError(f"cannot push {local_dir}: {describe_error(exc, dest, endpoint_url)}") from exc
+        raise StorageError(f"cannot push {local_dir}: {describe_error(exc, dest, endpoint_url)}") from exc
 
     total = sum(size for _, _, size in files) + sum(len(b) for b in extra_files.values())
     entries: list[FileEntry] = []
@@ -93,17 +93,17 @@ def push_directory(
             result = batch.finish()
         if result.failed:
             failed = result.failed
-            raise SyncError(
+            raise StorageError(
                 f"upload to {dest.uri} failed for {len(failed)} file(s) ({', '.join(failed[:5])}"
                 f"{', …' if len(failed) > 5 else ''}): {describe_error(result.error, dest, endpoint_url)}"  # type: ignore[arg-type]
             ) from result.error
         for _rel, path, size in files:
             if path.stat().st_size != size:
-                raise SyncError(f"{path} changed while it was being uploaded; not committing {dest.uri}")
-    except SyncError:
+                raise StorageError(f"{path} changed while it was being uploaded; not committing {dest.uri}")
+    except StorageError:
         raise
     except Exception as exc:
-        raise SyncError(f"upload to {dest.uri} failed: {describe_error(exc, dest, endpoint_url)}") from exc
+        raise StorageError(f"upload to {dest.uri} failed: {describe_error(exc, dest, endpoint_url)}") from exc
 
     manifest = Manifest(files=sorted(entries, key=lambda e: e.path))
     wanted = {dest.key(e.path) for e in manifest.files} | {manifest_key}
@@ -113,7 +113,7 @@ def push_directory(
             delete_keys(client, dest.bucket, stale)
         put_bytes(client, dest.bucket, manifest_key, manifest.to_json().encode(), "application/json")
     except Exception as exc:
-        raise SyncError(f"commit of {dest.uri} failed: {describe_error(exc, dest, endpoint_url)}") from exc
+        raise StorageError(f"commit of {dest.uri} failed: {describe_error(exc, dest, endpoint_url)}") from exc
     return manifest
 
 
@@ -122,9 +122,11 @@ def read_manifest(client: Any, src: S3Location) -> Manifest:
     try:
         body = get_bytes(client, src.bucket, src.key(MANIFEST_NAME))
     except Exception as exc:
-        raise SyncError(describe_error(exc, src, None)) from exc
+        raise StorageError(describe_error(exc, src, None)) from exc
     if body is None:
-        raise SyncError(f"{src.uri} has no {MANIFEST_NAME}: not a committed checkpoint (upload incomplete?)")
+        raise StorageError(
+            f"{src.uri} has no {MANIFEST_NAME}: not a committed checkpoint (upload incomplete?)"
+        )
     return Manifest.from_json(body, f"{src.uri}/{MANIFEST_NAME}")
 
 
@@ -145,7 +147,7 @@ def pull_directory(
     """
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
-        raise SyncError(f"cannot pull {src.uri} into {dest}: the folder exists and is not empty")
+        raise StorageError(f"cannot pull {src.uri} into {dest}: the folder exists and is not empty")
     manifest = read_manifest(client, src)
     if only is not None:
         manifest = replace(manifest, files=[f for f in manifest.files if only(f.path)])
@@ -160,7 +162,7 @@ def pull_directory(
                 batch.download(entry.path, src.bucket, src.key(entry.path), tmp / entry.path, entry.size)
             result = batch.finish()
         if result.failed:
-            raise SyncError(
+            raise StorageError(
                 f"download of {src.uri}/{result.failed[0]} failed: "
                 f"{describe_error(result.error, src, endpoint_url)}"  # type: ignore[arg-type]
             ) from result.error
@@ -168,7 +170,7 @@ def pull_directory(
             try:
                 verify_file(tmp / entry.path, entry, src.uri)
             except ManifestError as exc:
-                raise SyncError(f"verification failed: {exc}") from exc
+                raise StorageError(f"verification failed: {exc}") from exc
         if dest.exists():
             dest.rmdir()
         dest.parent.mkdir(parents=True, exist_ok=True)
