@@ -138,6 +138,10 @@ def test_rendered_spec_from_env_writes_the_deepspeed_config(tmp_path):
     assert p.returncode == 0, p.stderr
     plan = json.loads(p.stdout)
     assert _opt(plan[0]["commands"][0], "--deepspeed") == f"{tmp_path}/r/ds_config.json"
+    # the train arguments travel in a file: the plan shows what it will hold, not only its path
+    (args_path,) = [a for a in plan[0]["commands"][0] if a.endswith("train_args.json")]
+    assert plan[0]["files"][args_path]["learning_rate"] == job.training.learning_rate
+    assert plan[0]["files"][args_path]["model_name_or_path"] == job.model.name_or_path
 
 
 def test_stage_failure_stops_later_stages(tmp_path):

@@ -138,8 +138,23 @@ def main(argv: list[str]) -> int:
     if isinstance(stages, int):
         return stages
     if a.print_plan:
-        print(json.dumps([{"stage": s.name, "commands": s.commands} for s in stages if s.commands], indent=2))
+        print(json.dumps([_plan_entry(s) for s in stages if s.commands], indent=2))
         return 0
     if code := _write_ds_config(plan, ds, ds_path):
         return code
     return _run(job, plan, stages, run_dir)
+
+
+def _plan_entry(stage: Any) -> dict[str, Any]:
+    """One stage as ``--print_plan`` shows it: its commands and the files they read (JSON ones parsed)."""
+    entry: dict[str, Any] = {"stage": stage.name, "commands": stage.commands}
+    if stage.files:
+        entry["files"] = {path: _maybe_json(text) for path, text in stage.files.items()}
+    return entry
+
+
+def _maybe_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

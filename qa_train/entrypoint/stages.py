@@ -53,6 +53,12 @@ class Stage:
         """Every step's argv, in order (``--print_plan`` shows these)."""
         return [s.argv for s in self.steps]
 
+    @property
+    def files(self) -> dict[str, str]:
+        """What the steps write just before they run, by path (``--print_plan`` shows these too: the train
+        arguments are in a file, not on the command line)."""
+        return {path: text for s in self.steps for path, text in s.files}
+
 
 def _tiny_model_step(job: JobSpec) -> Step:
     t = job.model.make_tiny
