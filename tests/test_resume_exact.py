@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from qa_train.storage import S3Location
 from qa_train.sync.remote import list_run
-from tests.test_sync_train import Proc, step_losses
+from tests.test_sync_train import Proc, first_commit, step_losses
 
 pytestmark = pytest.mark.slow
 STEPS = 14
@@ -85,16 +84,11 @@ def descendants(pid: int) -> list[int]:
 def kill_after_first_commit(proc: Proc, client, bucket: str, prefix: str, timeout: float = 300) -> None:
     import os
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.p.poll() is None:
-        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-        if any(o["Key"].endswith("/_manifest.json") for o in listed):
-            if isinstance(proc, GroupProc):
-                proc.kill_tree()
-            else:
-                os.killpg(proc.p.pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    if first_commit(proc, client, bucket, prefix, timeout):
+        if isinstance(proc, GroupProc):
+            proc.kill_tree()
+        else:
+            os.killpg(proc.p.pid, signal.SIGKILL)
     proc.wait()
     assert proc.p.returncode == -signal.SIGKILL, f"finished before the kill:\n{proc.output[-3000:]}"
 

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,18 @@ class Proc:
         return rc
 
 
+def first_commit(proc: Proc, client: Any, bucket: str, prefix: str, timeout: float) -> list[str]:
+    """The checkpoint manifests under ``prefix`` as soon as one is there (the first commit), polled while
+    ``proc`` runs (one cheap listing per poll); [] when none came in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.p.poll() is None:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if found := [o["Key"] for o in listed if o["Key"].endswith("/_manifest.json")]:
+            return found
+        time.sleep(0.05)
+    return []
+
+
 def step_losses(trainer_state: Path) -> dict[int, float]:
     history = json.loads(trainer_state.read_text())["log_history"]
     return {h["step"]: h["loss"] for h in history if "loss" in h}
@@ -88,23 +101,11 @@ def test_sigkill_then_resume_from_remote_in_fresh_output_dir(s3, tiny_llama, rec
     # hand-over, nothing commits: the run is let go again and killed on its first commit.
     assert victim.wait_for("Queued upload of checkpoint-2"), victim.output[-3000:]
     victim.p.send_signal(signal.SIGSTOP)
-    client = s3.client()
-
-    def first_commit(timeout: float) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and victim.p.poll() is None:
-            listed = client.list_objects_v2(Bucket=s3.bucket, Prefix="runs/job/checkpoint-").get(
-                "Contents", []
-            )
-            if found := [o["Key"] for o in listed if o["Key"].endswith("/_manifest.json")]:
-                return found
-            time.sleep(0.05)
-        return []
-
-    committed = first_commit(60)
+    client, prefix = s3.client(), "runs/job/checkpoint-"
+    committed = first_commit(victim, client, s3.bucket, prefix, 60)
     if not committed:
         victim.p.send_signal(signal.SIGCONT)
-        committed = first_commit(300)
+        committed = first_commit(victim, client, s3.bucket, prefix, 300)
     victim.p.send_signal(signal.SIGKILL)
     victim.wait()
     assert committed, f"no checkpoint committed before the run ended:\n{victim.output[-3000:]}"
